@@ -1,0 +1,1 @@
+"""Library parts of dschat: data, model, LoRA, DeepSpeed config, training loop."""

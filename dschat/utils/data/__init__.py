@@ -1,0 +1,1 @@
+"""Data pipeline: raw dataset adapters, prompt format, splitting, blending, caching, tokenising."""

@@ -1,0 +1,1 @@
+"""Model modules (LoRA)."""
