@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny offline models and a one-process distributed environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random OPT-, Llama- and GPT-2-style models with their tokenizers, keyed by architecture."""
+    root = tmp_path_factory.mktemp("models")
+    return {arch: tiny.make_model(root / f"tiny-{arch}", arch) for arch in ("opt", "llama", "gpt2")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def dist_env():
+    """A one-process gloo process group, as the deepspeed launcher would set it up (rank 0 of 1)."""
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo")
+    yield
