@@ -133,3 +133,25 @@ def parse_upstream_dialogue(text: str) -> list[dict]:
             return messages
         _, role, marker = min(hits)
         pos = end + len(marker)
+
+
+def answer_spans_upstream(text: str) -> list[tuple[int, int]]:
+    """Character spans of the answers in upstream-format text: after each ``Assistant:`` up to the next ``Human:``."""
+    spans, pos = [], 0
+    while (start := text.find(ASSISTANT, pos)) >= 0:
+        start += len(ASSISTANT)
+        end = text.find(HUMAN, start)
+        end = len(text) if end < 0 else end
+        spans.append((start, end))
+        pos = end
+    return spans
+
+
+def answer_spans(segments: list[Segment]) -> list[tuple[int, int]]:
+    """Character spans of the answer segments within the joined text."""
+    spans, pos = [], 0
+    for segment in segments:
+        if segment.is_answer:
+            spans.append((pos, pos + len(segment.text)))
+        pos += len(segment.text)
+    return spans

@@ -1,0 +1,206 @@
+"""DeepSpeed config dicts for training and evaluation: values in, plain dict out.
+
+The builders reproduce upstream DeepSpeed-Chat's dicts key for key (spec section 5), plus one addition:
+``dtype="fp32"`` leaves out the precision block, which is DeepSpeed's plain fp32 path.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from dschat.errors import DschatError
+
+logger = logging.getLogger(__name__)
+
+# Placeholders that upstream's builders emit; step 1 overwrites both with set_batch_sizes.
+GLOBAL_BATCH_SIZE = 32
+MICRO_BATCH_SIZE = 4
+
+DTYPES = ("fp16", "bf16", "fp32")
+ZERO_STAGES = (0, 1, 2, 3)
+
+# fp16 waits this many overflow-free steps before raising the dynamic loss scale (DeepSpeed's default: 1000).
+FP16_LOSS_SCALE_WINDOW = 100
+
+
+def _precision_block(dtype: str, loss_scale_window: int | None) -> dict[str, dict[str, Any]]:
+    """The {key: block} precision entry for ``dtype``; empty for fp32."""
+    if dtype == "fp16":
+        block: dict[str, Any] = {"enabled": True}
+        if loss_scale_window is not None:
+            block["loss_scale_window"] = loss_scale_window
+        return {"fp16": block}
+    if dtype == "bf16":
+        # Upstream spells the key "bfloat16"; DeepSpeed still accepts it as an alias of "bf16".
+        return {"bfloat16": {"enabled": True}}
+    if dtype == "fp32":
+        return {}
+    raise DschatError(f"unknown dtype {dtype!r} for the DeepSpeed config; choose one of {', '.join(DTYPES)}")
+
+
+def _check_stage(stage: int) -> None:
+    if stage not in ZERO_STAGES:
+        raise DschatError(f"--zero_stage {stage!r} is not a ZeRO stage; choose one of 0, 1, 2, 3")
+
+
+def _offload_device(offload: bool) -> str:
+    # Upstream offloads parameters as well as optimizer state, even below stage 3 where DeepSpeed ignores it.
+    return "cpu" if offload else "none"
+
+
+def get_train_ds_config(
+    offload: bool,
+    dtype: str,
+    stage: int = 2,
+    enable_hybrid_engine: bool = False,
+    inference_tp_size: int = 1,
+    release_inference_cache: bool = False,
+    pin_parameters: bool = True,
+    tp_gather_partition_size: int = 8,
+    max_out_tokens: int = 512,
+    enable_tensorboard: bool = False,
+    enable_mixed_precision_lora: bool = False,
+    tb_path: str = "",
+    tb_name: str = "",
+    *,
+    world_size: int = 1,
+    devices_per_node: int = 1,
+) -> dict[str, Any]:
+    """Upstream's training config (spec 5.1); batch sizes are placeholders until set_batch_sizes.
+
+    ``world_size`` and ``devices_per_node`` replace upstream's reads of torch.distributed and the
+    accelerator; they matter only with ``enable_mixed_precision_lora`` (never in step 1).
+    """
+    _check_stage(stage)
+    device = _offload_device(offload)
+    precision = _precision_block(dtype, loss_scale_window=FP16_LOSS_SCALE_WINDOW)
+    zero = {
+        "stage": stage,
+        "overlap_comm": True,
+        "offload_param": {"device": device},
+        "offload_optimizer": {"device": device},
+        "stage3_param_persistence_threshold": 1e4,
+        "stage3_max_live_parameters": 3e7,
+        "stage3_prefetch_bucket_size": 3e7,
+        "memory_efficient_linear": False,
+    }
+    if enable_mixed_precision_lora:
+        zero["zero_quantized_nontrainable_weights"] = True
+        if world_size != devices_per_node:
+            # Multi-node: keep a secondary partition of the weights inside each node (ZeRO++ hpZ).
+            zero["zero_hpz_partition_size"] = devices_per_node
+    return {
+        "train_batch_size": GLOBAL_BATCH_SIZE,
+        "train_micro_batch_size_per_gpu": MICRO_BATCH_SIZE,
+        "steps_per_print": 10,
+        "zero_optimization": zero,
+        **precision,
+        "gradient_clipping": 1.0,
+        "prescale_gradients": False,
+        "wall_clock_breakdown": False,
+        "hybrid_engine": {
+            "enabled": enable_hybrid_engine,
+            "max_out_tokens": max_out_tokens,
+            "inference_tp_size": inference_tp_size,
+            "release_inference_cache": release_inference_cache,
+            "pin_parameters": pin_parameters,
+            "tp_gather_partition_size": tp_gather_partition_size,
+        },
+        "tensorboard": {
+            "enabled": enable_tensorboard,
+            "output_path": f"{tb_path}/ds_tensorboard_logs/",
+            "job_name": f"{tb_name}_tensorboard",
+        },
+    }
+
+
+def get_eval_ds_config(offload: bool, dtype: str, stage: int = 0) -> dict[str, Any]:
+    """Upstream's inference-only config (spec 5.2): no hybrid engine, no tensorboard, no loss scale window."""
+    _check_stage(stage)
+    return {
+        "train_batch_size": GLOBAL_BATCH_SIZE,
+        "train_micro_batch_size_per_gpu": MICRO_BATCH_SIZE,
+        "steps_per_print": 10,
+        "zero_optimization": {
+            "stage": stage,
+            "stage3_param_persistence_threshold": 1e4,
+            "offload_param": {"device": _offload_device(offload)},
+            "memory_efficient_linear": False,
+        },
+        **_precision_block(dtype, loss_scale_window=None),
+        "gradient_clipping": 1.0,
+        "prescale_gradients": False,
+        "wall_clock_breakdown": False,
+    }
+
+
+def set_batch_sizes(
+    ds_config: dict[str, Any],
+    per_device_train_batch_size: int,
+    world_size: int,
+    gradient_accumulation_steps: int,
+) -> dict[str, Any]:
+    """A copy of ``ds_config`` with micro batch B and global batch B x world x GAS (spec 1, step 2)."""
+    sizes = {
+        "--per_device_train_batch_size": per_device_train_batch_size,
+        "world size": world_size,
+        "--gradient_accumulation_steps": gradient_accumulation_steps,
+    }
+    bad = [f"{name} = {value!r}" for name, value in sizes.items() if not isinstance(value, int) or value < 1]
+    if bad:
+        raise DschatError(f"batch sizes must be positive integers: {', '.join(bad)}")
+    config = dict(ds_config)
+    config["train_micro_batch_size_per_gpu"] = per_device_train_batch_size
+    config["train_batch_size"] = per_device_train_batch_size * world_size * gradient_accumulation_steps
+    return config
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``override`` on top of ``base``, nested dicts merged, everything else replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def load_config_override(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object to merge over the built DeepSpeed config (``--ds_config_override FILE``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DschatError(f"--ds_config_override: cannot read {path}: {err.strerror or err}") from err
+    try:
+        override = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as err:
+        raise DschatError(
+            f"--ds_config_override: {path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); "
+            'the file must hold one JSON object such as {"zero_optimization": {"overlap_comm": false}}'
+        ) from err
+    except ValueError as err:
+        raise DschatError(
+            f"--ds_config_override: {path}: {err}; each key may appear once per object"
+        ) from err
+    if not isinstance(override, dict):
+        raise DschatError(
+            f"--ds_config_override: {path}: top level is a JSON {type(override).__name__}, "
+            "expected an object of DeepSpeed config keys"
+        )
+    logger.info("DeepSpeed config override from %s: %s", path, json.dumps(override, sort_keys=True))
+    return override

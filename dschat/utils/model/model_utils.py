@@ -1,0 +1,273 @@
+"""Tokenizer loading, ZeRO-3-aware model creation and the fp32-loss wrapper (upstream step 1, spec 4.1-4.4)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pickle
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations import HfDeepSpeedConfig
+from transformers.utils import ModelOutput
+
+from dschat.errors import DschatError
+
+logger = logging.getLogger(__name__)
+
+# Upstream's model-family test: a plain substring of the name or path the user gave.
+LLAMA_MARKER = "llama"
+LLAMA_PAD_TOKEN = "[PAD]"
+# The only dropout keys upstream's --dropout overrides (resid_pdrop etc. are left alone).
+DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout")
+# Upstream pads the vocabulary (embedding rows) to a multiple of this.
+VOCAB_MULTIPLE = 8
+IGNORE_INDEX = -100
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _is_local_source(name_or_path: str, what: str) -> bool:
+    """True for an existing local directory, False for a hub id; DschatError for anything else."""
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise DschatError(
+                f"{what} path {name_or_path!r} is a file; pass the model directory (with config.json) or a hub id"
+            )
+        return True
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        raise DschatError(
+            f"{what} directory {name_or_path!r} does not exist (and is not a Hugging Face hub id); "
+            "check --model_name_or_path"
+        ) from None
+    return False
+
+
+def _one_line(err: Exception) -> str:
+    """An exception's message on one line (HF's span several)."""
+    return " ".join(str(err).split())
+
+
+def _load_failure(what: str, name_or_path: str, is_local: bool, err: Exception) -> DschatError:
+    """The DschatError for a failed tokenizer/config load, with the fix for local dirs and hub ids."""
+    cause = _one_line(err)
+    if is_local:
+        return DschatError(f"cannot load the {what} from directory {name_or_path!r}: {cause}")
+    return DschatError(
+        f"cannot load the {what} of hub model {name_or_path!r}; without network access, download it first "
+        f"(`hf download {name_or_path}`) and pass the local directory (no local directory of that name exists). "
+        f"Cause: {cause}"
+    )
+
+
+def load_hf_tokenizer(
+    model_name_or_path: str,
+    fast_tokenizer: bool = True,
+    add_special_tokens: str | Sequence[str] | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a local dir or hub id with upstream's pad rules and right padding."""
+    source = str(model_name_or_path)
+    is_local = _is_local_source(source, "tokenizer")
+    if is_local and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        raise DschatError(
+            f"tokenizer directory {source!r} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer there with tokenizer.save_pretrained(dir) or pass the base model's directory"
+        )
+    # Unlike upstream we load from the directory given, not from config.json's `_name_or_path`, so a saved
+    # step-1 output reloads its own vocabulary offline. AutoTokenizer (never the slow LlamaTokenizer, which in
+    # transformers 5 breaks byte-level vocabularies); transformers 5 ignores use_fast and is always fast.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, use_fast=fast_tokenizer, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise _load_failure("tokenizer", source, is_local, err) from err
+
+    if LLAMA_MARKER in source:
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": LLAMA_PAD_TOKEN})  # vocab grows by one
+    else:
+        # Upstream quirk kept: eos doubles as pad even where a real pad token exists (OPT's <pad>).
+        tokenizer.pad_token = tokenizer.eos_token
+    # Upstream leaves a llama tokenizer that already has a pad token at its class default; we always pad right.
+    tokenizer.padding_side = "right"
+
+    if add_special_tokens is not None:
+        extra = [add_special_tokens] if isinstance(add_special_tokens, str) else list(add_special_tokens)
+        # transformers 5 name for upstream's "additional_special_tokens".
+        tokenizer.add_special_tokens({"extra_special_tokens": extra})
+    logger.info(
+        "tokenizer=%s len=%d pad=%r pad_id=%s eos_id=%s",
+        source,
+        len(tokenizer),
+        tokenizer.pad_token,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+    )
+    return tokenizer
+
+
+def _override_dropout(config: PretrainedConfig, dropout: float | None) -> None:
+    """Set upstream's four dropout keys, where the config has them, to ``dropout``."""
+    if dropout is None:
+        return
+    for key in DROPOUT_KEYS:
+        if hasattr(config, key):
+            logger.info("Setting model_config.%s to %s", key, dropout)
+            setattr(config, key, dropout)
+
+
+def model_config_only(
+    model_name_or_path: str, dropout: float | None = None, trust_remote_code: bool = False
+) -> PretrainedConfig:
+    """The model's config (dropout overridden as create_hf_model would), without loading weights."""
+    source = str(model_name_or_path)
+    is_local = _is_local_source(source, "model")
+    if is_local and not (Path(source) / "config.json").is_file():
+        raise DschatError(
+            f"model directory {source!r} has no config.json; pass a directory saved with "
+            "model.save_pretrained(dir) or a hub id"
+        )
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _load_failure("config", source, is_local, err) from err
+    _override_dropout(config, dropout)
+    return config
+
+
+def _unreadable_weight_files(directory: Path) -> list[str]:
+    """Weight files whose header/container cannot even be opened (cheap checks, no tensor reads)."""
+    bad = []
+    for path in sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES):
+        if path.suffix == ".bin":
+            if not zipfile.is_zipfile(path):
+                bad.append(str(path))
+            continue
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError:
+            bad.append(str(path))
+    return bad
+
+
+def _load_pretrained(
+    model_class: Any, source: str, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool
+) -> PreTrainedModel:
+    """model_class.from_pretrained, with unreadable or missing weights reported as a DschatError."""
+    try:
+        return model_class.from_pretrained(
+            source, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
+        corrupt = _unreadable_weight_files(Path(source)) if Path(source).is_dir() else []
+        if corrupt:
+            raise DschatError(
+                f"corrupt or truncated weight file(s) {', '.join(corrupt)}: {_one_line(err)}. "
+                "Re-save or re-download the checkpoint"
+            ) from err
+        if isinstance(err, OSError):
+            raise DschatError(f"cannot load the model weights from {source!r}: {_one_line(err)}") from err
+        raise
+
+
+def _partition_new_parameters(model: torch.nn.Module) -> None:
+    """Partition parameters HF created outside zero.Init (the resized embeddings) as the engine would."""
+    zero_params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    plain_params = [p for p in model.parameters() if not hasattr(p, "ds_id")]
+    if zero_params and plain_params:
+        # Same call DeepSpeed's ZeRO-3 engine makes at initialize(): rank 0's values are broadcast, then split.
+        zero_params[0].convert_to_zero_parameters(param_list=plain_params)
+
+
+def create_hf_model(
+    model_class: Any,
+    model_name_or_path: str,
+    tokenizer: PreTrainedTokenizerBase,
+    ds_config: dict | None = None,
+    rlhf_training: bool = False,
+    dropout: float | None = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> PreTrainedModel:
+    """Build the model as upstream: config (+dropout), ZeRO-3 aware load, eos/pad ids, vocab padded to x8."""
+    source = str(model_name_or_path)
+    config = model_config_only(source, dropout=dropout, trust_remote_code=trust_remote_code)
+    zero_stage = ((ds_config or {}).get("zero_optimization") or {}).get("stage")
+    # HF keeps only a weak reference to this object and builds models under deepspeed.zero.Init (parameters
+    # partitioned as they are created) while it is alive: hold it through from_pretrained AND the resize.
+    hf_ds_config = HfDeepSpeedConfig(ds_config) if zero_stage == 3 else None
+    if rlhf_training:
+        model = model_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    else:
+        # Upstream passed no dtype (fp32 in its transformers); transformers 5 would default to the checkpoint's.
+        model = _load_pretrained(model_class, source, config, dtype, trust_remote_code)
+
+    model.config.end_token_id = tokenizer.eos_token_id
+    # The MODEL's eos id (upstream): for Llama this differs from the tokenizer's [PAD] id; labels are mask-based.
+    model.config.pad_token_id = model.config.eos_token_id
+    # Same call as upstream so the new rows (mean-resizing draws from the global RNG) match for a seed.
+    model.resize_token_embeddings(int(VOCAB_MULTIPLE * math.ceil(len(tokenizer) / float(VOCAB_MULTIPLE))))
+    if hf_ds_config is not None:
+        _partition_new_parameters(model)
+    # From here on HF no longer sees ZeRO-3, exactly as upstream where the object died with the function.
+    del hf_ds_config
+    logger.info(
+        "model=%s vocab_size=%d dtype=%s zero_stage=%s", source, model.config.vocab_size, dtype, zero_stage
+    )
+    return model
+
+
+def _fp32_shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32 over targets that are not IGNORE_INDEX."""
+    shift_logits = logits[..., :-1, :].float()
+    shift_labels = labels[..., 1:].to(logits.device)
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def causal_lm_model_to_fp32_loss(model: PreTrainedModel) -> None:
+    """Make ``model(..., labels=...)`` compute its loss from fp32 logits (--compute_fp32_loss)."""
+    if getattr(model, "_dschat_original_forward", None) is not None:
+        return  # already wrapped
+    original_forward = model.forward
+
+    def forward_with_fp32_loss(*args: Any, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        # Every other argument goes through untouched, so any architecture works (upstream needed head_mask).
+        output = original_forward(*args, labels=None, **kwargs)
+        if labels is None:
+            return output
+        is_model_output = isinstance(output, ModelOutput)
+        loss = _fp32_shifted_loss(output.logits if is_model_output else output[0], labels)
+        if not is_model_output:
+            return (loss, *output)
+        if "loss" in {field.name for field in dataclasses.fields(output)}:
+            return dataclasses.replace(output, loss=loss)  # keeps loss first in to_tuple()
+        output["loss"] = loss
+        return output
+
+    model._dschat_original_forward = original_forward
+    model.forward = forward_with_fp32_loss

@@ -1,0 +1,185 @@
+"""Save the trained model in Hugging Face format: gathered under ZeRO-3, complete tokenizer, atomic swap-in."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+
+from dschat.errors import DschatError
+from dschat.utils.log import global_rank
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+RUN_INFO_NAME = "dschat_run.json"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+BIN_WEIGHTS_NAME = "pytorch_model.bin"  # upstream's single-file format
+# Every weight file from_pretrained may pick up; the ones a save did not write are stale and removed.
+WEIGHT_FILE_PATTERNS = (
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
+    "pytorch_model.bin.index.json",
+)
+TEMP_DIR_PREFIX = ".saving-"
+# State-dict keys holding LoRA matrices; they were fused into the base weights before saving.
+LORA_KEY = "lora"
+# Large enough that the legacy .bin format stays a single file, as upstream wrote it.
+SINGLE_FILE_SHARD_SIZE = "100000GB"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The HF module inside a DeepSpeed engine (or the module itself)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
+def gather_state_dict(module: nn.Module, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """Full CPU state dict (LoRA keys dropped) on rank 0, None elsewhere; collective under ZeRO-3."""
+    module = unwrap_model(module)
+    is_writer = global_rank() == 0
+    if zero_stage < 3 and not is_writer:
+        return None
+    # keep_vars gives the live Parameters, so ZeRO-3 partitions can be gathered, and tied weights show up as
+    # one object under several keys: copying each object once keeps them one tensor for save_pretrained to dedupe.
+    copies: dict[int, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if LORA_KEY in name:
+            continue
+        if id(tensor) not in copies:
+            copies[id(tensor)] = _cpu_copy(tensor, zero_stage, is_writer)
+        state[name] = copies[id(tensor)]
+    return state if is_writer else None
+
+
+def _cpu_copy(tensor: Any, zero_stage: int, is_writer: bool) -> Any:
+    """The full value of one state-dict entry on CPU; under ZeRO-3 every rank takes part in the gather."""
+    if not isinstance(tensor, torch.Tensor):
+        return tensor
+    if zero_stage == 3 and hasattr(tensor, "ds_id"):
+        # One parameter at a time bounds the extra memory to the largest single tensor.
+        with deepspeed.zero.GatheredParameters([tensor]):
+            # The gathered storage is released on exit, so rank 0 needs a real copy.
+            return tensor.detach().to("cpu", copy=True) if is_writer else None
+    return tensor.detach().to("cpu")
+
+
+def save_hf_format(
+    model: nn.Module,
+    tokenizer: Any,
+    output_dir: str | os.PathLike,
+    zero_stage: int = 0,
+    safe_serialization: bool = True,
+    run_info: dict | None = None,
+) -> None:
+    """Write weights, config, tokenizer and run info to output_dir; every rank must call it (ZeRO-3 gather)."""
+    module = unwrap_model(model)
+    state_dict = gather_state_dict(module, zero_stage)
+    if global_rank() == 0:
+        _write_hf_format(module, tokenizer, Path(output_dir), state_dict, safe_serialization, run_info)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _write_hf_format(
+    module: nn.Module,
+    tokenizer: Any,
+    output_dir: Path,
+    state_dict: dict[str, torch.Tensor],
+    safe_serialization: bool,
+    run_info: dict | None,
+) -> None:
+    """Rank 0: write everything into a temp dir inside output_dir, then swap the files in, config.json last."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftover_temp_dirs(output_dir)
+    temp_dir = output_dir / f"{TEMP_DIR_PREFIX}{os.getpid()}"
+    temp_dir.mkdir()
+    try:
+        # transformers 5 always writes safetensors; the legacy .bin is converted from that single file, so both
+        # formats hold exactly the keys save_pretrained chose (tied weights deduplicated, original key names).
+        shard_size = {} if safe_serialization else {"max_shard_size": SINGLE_FILE_SHARD_SIZE}
+        module.save_pretrained(temp_dir, state_dict=state_dict, **shard_size)
+        if not safe_serialization:
+            _safetensors_to_bin(temp_dir / SAFE_WEIGHTS_NAME, temp_dir / BIN_WEIGHTS_NAME)
+        tokenizer.save_pretrained(temp_dir)
+        if run_info is not None:
+            write_run_info(temp_dir, run_info)
+        _swap_in(temp_dir, output_dir)
+    finally:
+        if temp_dir.exists():
+            shutil.rmtree(temp_dir)
+    logger.info("saved model format=%s output_dir=%s", "safetensors" if safe_serialization else "bin", output_dir)
+
+
+def _safetensors_to_bin(safetensors_path: Path, bin_path: Path) -> None:
+    """Rewrite a single safetensors file as a torch.save'd state dict (loadable with weights_only=True)."""
+    torch.save(load_file(safetensors_path), bin_path)
+    safetensors_path.unlink()
+
+
+def _remove_leftover_temp_dirs(output_dir: Path) -> None:
+    """Delete temp dirs left by a save that was killed part-way."""
+    for leftover in output_dir.glob(f"{TEMP_DIR_PREFIX}*"):
+        logger.warning("removing leftover of an interrupted save: %s", leftover)
+        shutil.rmtree(leftover)
+
+
+def _swap_in(temp_dir: Path, output_dir: Path) -> None:
+    """Move every new file into output_dir, drop stale weight files, and publish config.json last."""
+    new_names = sorted(entry.name for entry in temp_dir.iterdir())
+    if CONFIG_NAME not in new_names:
+        raise RuntimeError(f"save_pretrained wrote no {CONFIG_NAME} into {temp_dir}")
+    # Without config.json the directory does not look loadable while its files are being replaced.
+    (output_dir / CONFIG_NAME).unlink(missing_ok=True)
+    for name in new_names:
+        if name != CONFIG_NAME:
+            _replace(temp_dir / name, output_dir / name)
+    for entry in output_dir.iterdir():
+        is_weight_file = any(fnmatch.fnmatch(entry.name, pattern) for pattern in WEIGHT_FILE_PATTERNS)
+        if is_weight_file and entry.name not in new_names:
+            logger.info("removing stale weight file %s", entry)
+            entry.unlink()
+    os.replace(temp_dir / CONFIG_NAME, output_dir / CONFIG_NAME)
+
+
+def _replace(source: Path, target: Path) -> None:
+    """os.replace that also replaces an existing directory."""
+    if source.is_dir() and target.is_dir():
+        shutil.rmtree(target)
+    os.replace(source, target)
+
+
+def write_run_info(output_dir: str | os.PathLike, info: dict) -> None:
+    """Write dschat_run.json (how the model was trained: prompt template, version, args); via a temp name."""
+    path = Path(output_dir) / RUN_INFO_NAME
+    temp_path = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    temp_path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(temp_path, path)
+
+
+def read_run_info(model_dir: str | os.PathLike) -> dict:
+    """The dschat_run.json saved with a model, or {} for a model dschat did not train."""
+    path = Path(model_dir) / RUN_INFO_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DschatError(
+            f"{path} is not valid JSON ({err}); restore it from the training run or delete it to load the model "
+            "without dschat run info"
+        ) from err
