@@ -20,9 +20,12 @@ import tiny  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random OPT-, Llama- and GPT-2-style models with their tokenizers, keyed by architecture."""
+    """Tiny random OPT-, Llama- and GPT-2-style models with their tokenizers (keys opt, llama, gpt2, opt8)."""
     root = tmp_path_factory.mktemp("models")
-    return {arch: tiny.make_model(root / f"tiny-{arch}", arch) for arch in ("opt", "llama", "gpt2")}
+    models = {arch: tiny.make_model(root / f"tiny-{arch}", arch) for arch in ("opt", "llama", "gpt2")}
+    # Vocabulary already a multiple of 8: no resize, so no random rows that depend on the ZeRO stage.
+    models["opt8"] = tiny.make_model(root / "tiny-opt8", "opt", vocab_size=304)
+    return models
 
 
 def free_port() -> int:

@@ -21,8 +21,9 @@ from dschat.utils.optim import (
 # weight decay. GPT-2's ln_1/ln_2 weights match none of the substrings, so upstream decays them.
 NO_DECAY_RULES = {
     "opt": lambda n: n.endswith(".bias") or "layer_norm.weight" in n,
-    "llama": lambda n: n.endswith(("input_layernorm.weight", "post_attention_layernorm.weight"))
-    or n == "model.norm.weight",
+    "llama": lambda n: (
+        n.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")) or n == "model.norm.weight"
+    ),
     "gpt2": lambda n: n.endswith(".bias") or n == "transformer.ln_f.weight",
 }
 
@@ -48,7 +49,9 @@ def test_groups_split_by_name_in_parameter_order(tiny_models, arch):
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert all("lr" not in g for g in groups)
     # Parameter order inside each group follows named_parameters (matters for optimizer state layout).
-    assert [id(p) for p in groups[0]["params"]] == [id(p) for n, p in model.named_parameters() if n in expected_decay]
+    assert [id(p) for p in groups[0]["params"]] == [
+        id(p) for n, p in model.named_parameters() if n in expected_decay
+    ]
 
 
 def test_gpt2_block_norms_are_decayed_like_upstream(tiny_models):
@@ -90,7 +93,9 @@ def test_only_lora_trainable_leaves_one_group(tiny_models):
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
     groups = get_optimizer_grouped_parameters(model, weight_decay=0.0)
-    assert groups == [{"params": [lora.lora_right_weight, lora.lora_left_weight], "weight_decay": 0.0, "lr": 5e-4}]
+    assert groups == [
+        {"params": [lora.lora_right_weight, lora.lora_left_weight], "weight_decay": 0.0, "lr": 5e-4}
+    ]
 
 
 def test_matching_is_on_the_lower_cased_name():
@@ -131,7 +136,10 @@ def reference_adamw(param, grads, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8)
 def test_adamw_steps_equal_hand_written_update():
     decayed = nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
     plain = nn.Parameter(torch.tensor([0.3, 4.0], dtype=torch.float64))
-    groups = [{"params": [decayed], "weight_decay": 0.1}, {"params": [plain], "weight_decay": 0.0, "lr": 0.05}]
+    groups = [
+        {"params": [decayed], "weight_decay": 0.1},
+        {"params": [plain], "weight_decay": 0.0, "lr": 0.05},
+    ]
     optimizer = create_optimizer(groups, learning_rate=0.01, offload=False)
     grads_decayed = [[0.2, -1.0, 3.0], [0.1, 0.4, -2.0], [-0.5, 0.0, 1.0]]
     grads_plain = [[1.0, -0.25], [2.0, 0.5], [0.1, -0.1]]
@@ -190,12 +198,17 @@ def cosine_closed_form(base, step, warmup, total):
 
 def test_cosine_schedule_with_warmup_matches_closed_form():
     params = [nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))]
-    groups = [{"params": [params[0]], "weight_decay": 0.0}, {"params": [params[1]], "weight_decay": 0.0, "lr": 5e-4}]
+    groups = [
+        {"params": [params[0]], "weight_decay": 0.0},
+        {"params": [params[1]], "weight_decay": 0.0, "lr": 5e-4},
+    ]
     optimizer = create_optimizer(groups, learning_rate=1e-3, offload=False)
     scheduler = create_lr_scheduler(optimizer, "cosine", num_warmup_steps=3, num_training_steps=11)
     for step in range(12):
         lrs = [g["lr"] for g in optimizer.param_groups]
-        assert lrs == pytest.approx([cosine_closed_form(b, step, 3, 11) for b in (1e-3, 5e-4)], rel=1e-12, abs=0)
+        assert lrs == pytest.approx(
+            [cosine_closed_form(b, step, 3, 11) for b in (1e-3, 5e-4)], rel=1e-12, abs=0
+        )
         optimizer.step()
         scheduler.step()
     # A few pinned points, independent of the helper above.
@@ -204,7 +217,9 @@ def test_cosine_schedule_with_warmup_matches_closed_form():
 
 
 def test_linear_schedule_decays_to_zero():
-    optimizer = create_optimizer([{"params": [nn.Parameter(torch.zeros(1))]}], learning_rate=1.0, offload=False)
+    optimizer = create_optimizer(
+        [{"params": [nn.Parameter(torch.zeros(1))]}], learning_rate=1.0, offload=False
+    )
     scheduler = create_lr_scheduler(optimizer, "linear", num_warmup_steps=0, num_training_steps=4)
     seen = []
     for _ in range(5):

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import deepspeed
 import pytest
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
@@ -18,6 +22,8 @@ from dschat.utils import save
 from dschat.utils.save import gather_state_dict, read_run_info, save_hf_format, write_run_info
 
 pytestmark = pytest.mark.usefixtures("dist_env")
+
+REPO_ROOT = Path(save.__file__).resolve().parents[2]
 
 
 def ds_config(stage: int) -> dict:
@@ -88,10 +94,8 @@ def test_saved_model_reloads_with_plain_from_pretrained(tiny_models, tmp_path, s
     tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
     engine = build_engine(tiny_models[arch], stage)
     train_one_step(engine)
-    expected_logits = logits_of(engine)
-    original_logits = logits_of(AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval())
-    assert (expected_logits - original_logits).abs().max() > 1e-3
-    assert all(p.numel() == 0 for p in engine.module.parameters()) == (stage == 3)  # still partitioned
+    # Save while ZeRO-3 parameters are partitioned (an eval forward would leave them gathered for a while).
+    assert all(p.numel() == 0 for p in engine.module.parameters()) == (stage == 3)
 
     output_dir = tmp_path / "out"
     output_dir.mkdir()
@@ -99,7 +103,12 @@ def test_saved_model_reloads_with_plain_from_pretrained(tiny_models, tmp_path, s
     stale = output_dir / ("pytorch_model.bin" if safe else "model.safetensors")
     stale.write_bytes(b"stale weights from an earlier run")
 
-    save_hf_format(engine, tokenizer, output_dir, zero_stage=stage, safe_serialization=safe, run_info={"x": 1})
+    save_hf_format(
+        engine, tokenizer, output_dir, zero_stage=stage, safe_serialization=safe, run_info={"x": 1}
+    )
+    expected_logits = logits_of(engine)
+    original_logits = logits_of(AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval())
+    assert (expected_logits - original_logits).abs().max() > 1e-3  # the trained weights differ from the start
 
     weights = output_dir / ("model.safetensors" if safe else "pytorch_model.bin")
     assert weights.is_file() and not stale.exists()
@@ -108,9 +117,10 @@ def test_saved_model_reloads_with_plain_from_pretrained(tiny_models, tmp_path, s
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", "dschat_run.json"} <= {
         p.name for p in output_dir.iterdir()
     }
-    if not safe:
-        state = torch.load(weights, weights_only=True)
-        assert state and all(isinstance(t, torch.Tensor) for t in state.values())
+    saved = load_file(weights) if safe else torch.load(weights, weights_only=True)
+    # Same keys as a plain save_pretrained of the base model: tied lm_head deduplicated, no placeholders.
+    assert set(saved) == set(load_file(tiny_models[arch] / "model.safetensors"))
+    assert all(t.numel() > 0 for t in saved.values())
 
     reloaded = AutoModelForCausalLM.from_pretrained(output_dir).eval()
     torch.testing.assert_close(logits_of(reloaded), expected_logits, rtol=0, atol=1e-5)
@@ -204,3 +214,69 @@ def test_run_info_round_trip_and_bad_json(tmp_path):
     (tmp_path / "dschat_run.json").write_text("{not json")
     with pytest.raises(DschatError, match="dschat_run.json is not valid JSON"):
         read_run_info(tmp_path)
+
+
+TWO_RANK_SCRIPT = """
+import os, sys
+import deepspeed, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.integrations import HfDeepSpeedConfig
+from dschat.utils.save import save_hf_format
+
+model_dir, output_dir = sys.argv[1], sys.argv[2]
+deepspeed.init_distributed(dist_backend="gloo")
+config = {"train_micro_batch_size_per_gpu": 2, "train_batch_size": 4, "gradient_clipping": 1.0,
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+hf_ds_config = HfDeepSpeedConfig(config)
+model = AutoModelForCausalLM.from_pretrained(model_dir)
+del hf_ds_config
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+batch = torch.tensor([[2, 10, 55, 31, 7, 90, 120, 3], [2, 44, 44, 12, 250, 1, 60, 8]])
+engine.backward(engine(input_ids=batch, labels=batch).loss)
+engine.step()
+save_hf_format(engine, AutoTokenizer.from_pretrained(model_dir), output_dir, zero_stage=3)
+engine.eval()
+with torch.no_grad():
+    logits = engine(input_ids=batch).logits
+if torch.distributed.get_rank() == 0:
+    torch.save(logits, os.path.join(output_dir, "..", "expected_logits.pt"))
+"""
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_save(tiny_models, tmp_path):
+    """Two gloo processes: both gather, only rank 0 writes, and the result reloads."""
+    script = tmp_path / "two_rank.py"
+    script.write_text(TWO_RANK_SCRIPT)
+    output_dir = tmp_path / "out"
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "LOCAL_SIZE": "2",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tiny_models["opt"]), str(output_dir)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    reloaded = AutoModelForCausalLM.from_pretrained(output_dir).eval()
+    with torch.no_grad():
+        logits = reloaded(input_ids=BATCH).logits
+    torch.testing.assert_close(logits, torch.load(tmp_path / "expected_logits.pt"), rtol=0, atol=1e-5)
+    assert not list(output_dir.glob(".saving-*"))

@@ -66,12 +66,16 @@ def make_tokenizer(directory: Path, style: str = "opt", vocab_size: int = 300) -
     return tokenizer
 
 
-def make_model(directory: Path, arch: str = "opt", style: str | None = None, seed: int = 0) -> Path:
-    """Save a tiny random-initialised causal LM of ``arch`` plus its tokenizer to ``directory``."""
+def make_model(directory: Path, arch: str = "opt", style: str | None = None, seed: int = 0, vocab_size: int = 300) -> Path:
+    """Save a tiny random-initialised causal LM of ``arch`` plus its tokenizer to ``directory``.
+
+    The default vocabulary (300) is not a multiple of 8, so loading resizes the embeddings as for Llama;
+    pass 304 for a model that needs no resize (like OPT's real vocabulary).
+    """
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig
 
-    tokenizer = make_tokenizer(directory, style or arch)
+    tokenizer = make_tokenizer(directory, style or arch, vocab_size=vocab_size)
     vocab = len(tokenizer)
     if arch == "opt":
         config = OPTConfig(

@@ -51,7 +51,8 @@ def get_optimizer_grouped_parameters(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     for label, group in zip(("decay", "lora", "no_decay"), groups, strict=True):
-        count = sum(p.numel() for p in group["params"])
+        # Under ZeRO-3 the parameters are already partitioned: ds_numel is the full size.
+        count = sum(getattr(p, "ds_numel", p.numel()) for p in group["params"])
         logger.info("param_group=%s tensors=%d parameters=%d", label, len(group["params"]), count)
     return [group for group in groups if group["params"]]
 
@@ -63,13 +64,17 @@ def create_optimizer(param_groups: list[dict], learning_rate: float, offload: bo
             param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, adamw_mode=True
         )
     elif get_accelerator().device_name() != "cpu":
-        optimizer = FusedAdam(param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, adam_w_mode=True)
+        optimizer = FusedAdam(
+            param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, adam_w_mode=True
+        )
     else:
         # Upstream would JIT-build FusedAdam's CPU op here; torch's AdamW computes the same update.
         optimizer = torch.optim.AdamW(
             param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False
         )
-    logger.info("optimizer=%s lr=%g betas=%s eps=%g", type(optimizer).__name__, learning_rate, ADAM_BETAS, ADAM_EPS)
+    logger.info(
+        "optimizer=%s lr=%g betas=%s eps=%g", type(optimizer).__name__, learning_rate, ADAM_BETAS, ADAM_EPS
+    )
     return optimizer
 
 

@@ -75,6 +75,7 @@ def _cpu_copy(tensor: Any, zero_stage: int, is_writer: bool) -> Any:
         with deepspeed.zero.GatheredParameters([tensor]):
             # The gathered storage is released on exit, so rank 0 needs a real copy.
             return tensor.detach().to("cpu", copy=True) if is_writer else None
+    # Below ZeRO-3 a tensor already on CPU is not copied: the entry shares memory with the live parameter.
     return tensor.detach().to("cpu")
 
 
@@ -122,7 +123,9 @@ def _write_hf_format(
     finally:
         if temp_dir.exists():
             shutil.rmtree(temp_dir)
-    logger.info("saved model format=%s output_dir=%s", "safetensors" if safe_serialization else "bin", output_dir)
+    logger.info(
+        "saved model format=%s output_dir=%s", "safetensors" if safe_serialization else "bin", output_dir
+    )
 
 
 def _safetensors_to_bin(safetensors_path: Path, bin_path: Path) -> None:

@@ -157,6 +157,7 @@ def train(engine, train_loader, eval_loader, args, model_config, device) -> Loop
         for step, batch in enumerate(bar):
             start = time.time()
             batch = to_device(batch, device)
+            lr = engine.get_lr()[0]  # the rate this step's update uses
             loss = train_step(engine, batch, args, epoch, step)
             mean_loss = dist.all_reduce_mean(loss.detach().float().clone()).item()
             seconds = time.time() - start
@@ -164,7 +165,6 @@ def train(engine, train_loader, eval_loader, args, model_config, device) -> Loop
             real_tokens = int(batch["attention_mask"].sum())
             state.tokens_seen += real_tokens
             state.update_step = engine.global_steps
-            lr = engine.get_lr()[0] if engine.get_lr() else 0.0
             metrics.write(epoch=epoch, step=state.micro_step, update_step=state.update_step, loss=mean_loss, lr=lr,
                           tokens=real_tokens, tokens_seen=state.tokens_seen, time=round(seconds, 6))
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")

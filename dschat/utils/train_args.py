@@ -108,7 +108,8 @@ def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool
             problems.append(f"--{flag} {getattr(args, flag)}: must be 0 or more")
     if args.max_seq_len < 2:
         problems.append(f"--max_seq_len {args.max_seq_len}: need at least 2 tokens (an input and a target)")
-    if args.dtype == "fp16" and not fp16_ok:
+    if args.dtype == "fp16" and (accelerator_name == "cpu" or not fp16_ok):
+        # DeepSpeed's CPU accelerator may claim fp16 (mkldnn), but fp16 training on CPU is not a supported path.
         problems.append(f"--dtype fp16 is not supported on {accelerator_name}: use --dtype fp32 (or bf16)")
     if args.dtype == "bf16" and not bf16_ok:
         problems.append(f"--dtype bf16 is not supported on {accelerator_name}: use --dtype fp16 or fp32")
