@@ -33,17 +33,32 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     args = parse_args(argv)
     tokenizer = load_hf_tokenizer(
-        args.model_name_or_path, fast_tokenizer=True,
+        args.model_name_or_path,
+        fast_tokenizer=True,
         add_special_tokens=args.eot_token if args.add_eot_token else None,
         trust_remote_code=args.trust_remote_code,
     )
     train, evaluation = create_prompt_dataset(
-        0, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer, args.max_seq_len,
-        end_of_conversation_token=tokenizer.eos_token, sft_only_data_path=args.sft_only_data_path,
-        reload=args.reload_data, prompt_template=args.prompt_template, data_weights=args.data_weights,
+        0,
+        args.data_path,
+        args.data_split,
+        args.data_output_path,
+        1,
+        args.seed,
+        tokenizer,
+        args.max_seq_len,
+        end_of_conversation_token=tokenizer.eos_token,
+        sft_only_data_path=args.sft_only_data_path,
+        reload=args.reload_data,
+        prompt_template=args.prompt_template,
+        data_weights=args.data_weights,
     )
-    logger.info("phase-1 data ready: train_samples=%d eval_samples=%d cache_dir=%s",
-                len(train), len(evaluation), args.data_output_path)
+    logger.info(
+        "phase-1 data ready: train_samples=%d eval_samples=%d cache_dir=%s",
+        len(train),
+        len(evaluation),
+        args.data_output_path,
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,14 @@ def dist_env():
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "LOCAL_SIZE": "1",
+    }
     for key, value in env.items():
         os.environ.setdefault(key, value)
     if not dist.is_initialized():

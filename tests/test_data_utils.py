@@ -24,8 +24,10 @@ def write_jsonl(path, rows):
 
 
 def qa_rows(n, prefix="q"):
-    return [{"prompt": f"{prefix} question number {i}?", "response": f"answer {i} " + "word " * (i % 7)}
-            for i in range(n)]
+    return [
+        {"prompt": f"{prefix} question number {i}?", "response": f"answer {i} " + "word " * (i % 7)}
+        for i in range(n)
+    ]
 
 
 @pytest.fixture()
@@ -39,18 +41,34 @@ def build(tmp_path, tokenizer, data_path, **kw):
     options = dict(data_split="10,0,0", max_seq_len=64, seed=1234, sft_only_data_path=[])
     options.update(kw)
     return data_utils.create_prompt_dataset(
-        0, data_path, options.pop("data_split"), str(tmp_path / "cache"), 1, options.pop("seed"), tokenizer,
-        options.pop("max_seq_len"), tokenizer.eos_token, **options,
+        0,
+        data_path,
+        options.pop("data_split"),
+        str(tmp_path / "cache"),
+        1,
+        options.pop("seed"),
+        tokenizer,
+        options.pop("max_seq_len"),
+        tokenizer.eos_token,
+        **options,
     )
 
 
 # --- split maths -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("split,n,expected", [
-    ("2,4,4", 10, [0, 2, 6, 10]), ("2,4,4", 9, [0, 1, 5, 9]), ("2,4,4", 11, [0, 3, 7, 11]),
-    ("2,4,4", 76256, [0, 15252, 45754, 76256]), ("10,0,0", 7, [0, 7, 7, 7]), ("1,1", 5, [0, 3, 5]),
-    ("9,1", 20, [0, 18, 20]),
-])
+
+@pytest.mark.parametrize(
+    "split,n,expected",
+    [
+        ("2,4,4", 10, [0, 2, 6, 10]),
+        ("2,4,4", 9, [0, 1, 5, 9]),
+        ("2,4,4", 11, [0, 3, 7, 11]),
+        ("2,4,4", 76256, [0, 15252, 45754, 76256]),
+        ("10,0,0", 7, [0, 7, 7, 7]),
+        ("1,1", 5, [0, 3, 5]),
+        ("9,1", 20, [0, 18, 20]),
+    ],
+)
 def test_split_boundaries_match_upstream_arithmetic(split, n, expected):
     assert splits.split_boundaries(split, n) == expected
 
@@ -65,7 +83,10 @@ def test_split_indices_are_upstream_permutation_slices_and_cached_under_upstream
     for i, (a, b) in enumerate([(0, 3), (3, 7), (7, 11)]):
         path = tmp_path / f"Dahoas_rm_static_seed{seed}_train_2,4,4_{i}.npy"
         assert np.load(path).tolist() == permutation[a:b].tolist()
-    assert splits.split_indices(out, "Dahoas_rm_static", seed, "train", "2,4,4", 2, 11) == permutation[7:].tolist()
+    assert (
+        splits.split_indices(out, "Dahoas_rm_static", seed, "train", "2,4,4", 2, 11)
+        == permutation[7:].tolist()
+    )
 
 
 def test_stale_split_index_files_are_rebuilt_when_the_dataset_size_changes(tmp_path):
@@ -83,12 +104,14 @@ def test_bad_data_split_is_a_clear_error(bad):
 
 # --- tokenised samples equal upstream's tensors ------------------------------------------------------
 
+
 def test_samples_equal_upstream_padded_tensors(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", qa_rows(30))
     train, evaluation = build(tmp_path, tokenizer, [path], max_seq_len=24)
     raw = data_utils.get_raw_dataset(path, str(tmp_path / "cache"), 1234, 0)
-    index = splits.split_indices(str(tmp_path / "cache"), raw.dataset_name_clean, 1234, "train", "10,0,0", 0,
-                                 len(raw.get_train_data()))
+    index = splits.split_indices(
+        str(tmp_path / "cache"), raw.dataset_name_clean, 1234, "train", "10,0,0", 0, len(raw.get_train_data())
+    )
     rows = raw.get_train_data().select(index)
     collate = SFTCollator(tokenizer.pad_token_id, 24, pad_to_max_len=True)
     batch = collate([train[i] for i in range(len(train))])
@@ -111,8 +134,10 @@ def test_answer_mask_marks_only_answer_tokens(tmp_path, tokenizer):
 
 
 def test_chat_template_rendering_and_error_without_template(tmp_path, tiny_models, tokenizer):
-    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": [
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 4)
+    path = write_jsonl(
+        tmp_path / "c.jsonl",
+        [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 4,
+    )
     llama_tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
     train, _ = build(tmp_path, llama_tok, [path], prompt_template=prompts.CHAT_TEMPLATE)
     ids, mask = train.samples.sample(0)
@@ -123,6 +148,7 @@ def test_chat_template_rendering_and_error_without_template(tmp_path, tiny_model
 
 
 # --- blending ---------------------------------------------------------------------------------------
+
 
 def test_blend_is_concatenation_reshuffled_with_the_seed(tmp_path, tokenizer):
     a = write_jsonl(tmp_path / "a.jsonl", qa_rows(10, "a"))
@@ -157,6 +183,7 @@ def test_data_weights_resample_to_the_stated_proportions(tmp_path, tokenizer):
 
 # --- cache ------------------------------------------------------------------------------------------
 
+
 def test_cache_is_reused_and_rebuilt_when_a_keyed_argument_changes(tmp_path, tokenizer, monkeypatch):
     path = write_jsonl(tmp_path / "d.jsonl", qa_rows(12))
     first, _ = build(tmp_path, tokenizer, [path])
@@ -165,8 +192,12 @@ def test_cache_is_reused_and_rebuilt_when_a_keyed_argument_changes(tmp_path, tok
     monkeypatch.setattr(data_utils, "build_phase1", lambda *a, **k: calls.append(1) or original(*a, **k))
     again, _ = build(tmp_path, tokenizer, [path])
     assert calls == [] and np.array_equal(again.samples.input_ids, first.samples.input_ids)
-    for change in ({"max_seq_len": 32}, {"seed": 9}, {"data_split": "9,1,0"}, {"prompt_template": "upstream",
-                                                                                 "data_weights": [1.0]}):
+    for change in (
+        {"max_seq_len": 32},
+        {"seed": 9},
+        {"data_split": "9,1,0"},
+        {"prompt_template": "upstream", "data_weights": [1.0]},
+    ):
         calls.clear()
         build(tmp_path, tokenizer, [path], **change)
         assert calls == [1], change
@@ -188,7 +219,9 @@ def test_crash_mid_build_leaves_nothing_trusted(tmp_path, tokenizer, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         build(tmp_path, tokenizer, [path])
     cache = tmp_path / "cache"
-    assert not list(cache.glob("traindata_*"))  # eval is written first, train (the marker of completeness) last
+    assert not list(
+        cache.glob("traindata_*")
+    )  # eval is written first, train (the marker of completeness) last
     monkeypatch.setattr(TokenizedSamples, "save", real_save)
     train, _ = build(tmp_path, tokenizer, [path])
     assert len(train) > 0
@@ -207,6 +240,7 @@ def test_cache_files_hold_no_pickle(tmp_path, tokenizer):
 
 
 # --- report and errors ------------------------------------------------------------------------------
+
 
 def test_report_counts_drops_truncation_and_marks_loss_tokens(tmp_path, tokenizer, caplog):
     rows = qa_rows(18) + [{"prompt": "", "response": "x"}, {"prompt": "y", "response": " "}]
@@ -229,8 +263,18 @@ def test_empty_training_set_is_a_clear_error(tmp_path, tokenizer):
 def test_prepare_data_cli_builds_the_cache_and_reports_errors_in_one_line(tmp_path, tiny_models, capsys):
     path = write_jsonl(tmp_path / "d.jsonl", qa_rows(12))
     cache = tmp_path / "prep"
-    argv = ["--model_name_or_path", str(tiny_models["opt"]), "--data_path", path, "--data_split", "10,0,0",
-            "--data_output_path", str(cache), "--max_seq_len", "32"]
+    argv = [
+        "--model_name_or_path",
+        str(tiny_models["opt"]),
+        "--data_path",
+        path,
+        "--data_split",
+        "10,0,0",
+        "--data_output_path",
+        str(cache),
+        "--max_seq_len",
+        "32",
+    ]
     assert run_cli(prepare_data.main, argv) == 0
     assert list(cache.glob("traindata_*.npz")) and list(cache.glob("evaldata_*.npz"))
     capsys.readouterr()

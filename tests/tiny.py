@@ -35,7 +35,9 @@ STYLES = {
 def make_tokenizer(directory: Path, style: str = "opt", vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on a tiny corpus and save it to ``directory``."""
     spec = STYLES[style]
-    specials = list(dict.fromkeys(t for t in ("<s>", "<pad>", "</s>", "<unk>", spec["bos"], spec["eos"]) if t))
+    specials = list(
+        dict.fromkeys(t for t in ("<s>", "<pad>", "</s>", "<unk>", spec["bos"], spec["eos"]) if t)
+    )
     if style == "llama":
         specials += ["<|im_start|>", "<|im_end|>"]
     backend = Tokenizer(models.BPE(unk_token=None))
@@ -66,7 +68,9 @@ def make_tokenizer(directory: Path, style: str = "opt", vocab_size: int = 300) -
     return tokenizer
 
 
-def make_model(directory: Path, arch: str = "opt", style: str | None = None, seed: int = 0, vocab_size: int = 300) -> Path:
+def make_model(
+    directory: Path, arch: str = "opt", style: str | None = None, seed: int = 0, vocab_size: int = 300
+) -> Path:
     """Save a tiny random-initialised causal LM of ``arch`` plus its tokenizer to ``directory``.
 
     The default vocabulary (300) is not a multiple of 8, so loading resizes the embeddings as for Llama;
@@ -79,20 +83,39 @@ def make_model(directory: Path, arch: str = "opt", style: str | None = None, see
     vocab = len(tokenizer)
     if arch == "opt":
         config = OPTConfig(
-            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-            max_position_embeddings=256, word_embed_proj_dim=32, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            ffn_dim=64,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=32,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     elif arch == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
         )
     else:
         config = GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

@@ -70,8 +70,14 @@ def init_distributed(local_rank: int) -> torch.device:
     from deepspeed.accelerator import get_accelerator
 
     if not all(name in os.environ for name in LAUNCHER_ENV):
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                          LOCAL_RANK="0", LOCAL_SIZE="1")
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+            RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_RANK="0",
+            LOCAL_SIZE="1",
+        )
         local_rank = 0
     if local_rank == -1:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -18,6 +18,7 @@ from torch import nn
 
 from dschat.errors import DschatError
 from dschat.utils.log import global_rank
+from dschat.utils.module.lora import convert_lora_to_linear_layer, lora_modules
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,18 @@ def _cpu_copy(tensor: Any, zero_stage: int, is_writer: bool) -> Any:
             return tensor.detach().to("cpu", copy=True) if is_writer else None
     # Below ZeRO-3 a tensor already on CPU is not copied: the entry shares memory with the live parameter.
     return tensor.detach().to("cpu")
+
+
+def _zero3_gather(params: list[nn.Parameter]):
+    """Gather partitioned parameters for a rank-0 modification that is re-partitioned on exit."""
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=hasattr(params[0], "ds_id"))
+
+
+def fuse_lora(model: nn.Module, zero_stage: int) -> None:
+    """Fold LoRA into the base weights before saving (upstream fuses right before its save too)."""
+    module = unwrap_model(model)
+    if lora_modules(module):
+        convert_lora_to_linear_layer(module, _zero3_gather if zero_stage == 3 else None)
 
 
 def save_hf_format(

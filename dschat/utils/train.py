@@ -29,8 +29,12 @@ def create_dataloaders(train_dataset, eval_dataset, collator, train_batch_size: 
     """
     train_sampler = DistributedSampler(train_dataset)
     eval_sampler = DistributedSampler(eval_dataset)
-    train_loader = DataLoader(train_dataset, collate_fn=collator, sampler=train_sampler, batch_size=train_batch_size)
-    eval_loader = DataLoader(eval_dataset, collate_fn=collator, sampler=eval_sampler, batch_size=eval_batch_size)
+    train_loader = DataLoader(
+        train_dataset, collate_fn=collator, sampler=train_sampler, batch_size=train_batch_size
+    )
+    eval_loader = DataLoader(
+        eval_dataset, collate_fn=collator, sampler=eval_sampler, batch_size=eval_batch_size
+    )
     return train_loader, eval_loader
 
 
@@ -40,7 +44,10 @@ def create_engine(model, optimizer, lr_scheduler, ds_config: dict, args):
         model=model, optimizer=optimizer, args=args, config=ds_config, lr_scheduler=lr_scheduler
     )
     if args.gradient_checkpointing:
-        engine.gradient_checkpointing_enable()
+        # transformers 5 renamed upstream's gradient_checkpointing_enable (now a deprecated alias).
+        module = engine.module
+        enable = getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)
+        enable()
     return engine
 
 
@@ -96,7 +103,12 @@ def log_eval(result: EvalResult | None, epoch: int, num_epochs: int) -> None:
     if result is not None:
         logger.info(
             "ppl: %s, loss: %s (epoch=%d/%d token_weighted_ppl=%.4f token_weighted_loss=%.4f)",
-            result.perplexity, result.loss, epoch, num_epochs, result.token_perplexity, result.token_loss,
+            result.perplexity,
+            result.loss,
+            epoch,
+            num_epochs,
+            result.token_perplexity,
+            result.token_loss,
         )
 
 
@@ -147,13 +159,21 @@ def train(engine, train_loader, eval_loader, args, model_config, device) -> Loop
     layers, hidden, vocab = perf.get_hf_configs(model_config)
     num_params = perf.count_parameters(engine.module)
     for epoch in range(args.num_train_epochs):
-        logger.info("Beginning of Epoch %d/%d, Total Micro Batches %d", epoch + 1, args.num_train_epochs,
-                    len(train_loader))
+        logger.info(
+            "Beginning of Epoch %d/%d, Total Micro Batches %d",
+            epoch + 1,
+            args.num_train_epochs,
+            len(train_loader),
+        )
         if args.shuffle_each_epoch:
             train_loader.sampler.set_epoch(epoch)
         engine.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.num_train_epochs}", disable=rank != 0,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch + 1}/{args.num_train_epochs}",
+            disable=rank != 0,
+            dynamic_ncols=True,
+        )
         for step, batch in enumerate(bar):
             start = time.time()
             batch = to_device(batch, device)
@@ -165,18 +185,35 @@ def train(engine, train_loader, eval_loader, args, model_config, device) -> Loop
             real_tokens = int(batch["attention_mask"].sum())
             state.tokens_seen += real_tokens
             state.update_step = engine.global_steps
-            metrics.write(epoch=epoch, step=state.micro_step, update_step=state.update_step, loss=mean_loss, lr=lr,
-                          tokens=real_tokens, tokens_seen=state.tokens_seen, time=round(seconds, 6))
+            metrics.write(
+                epoch=epoch,
+                step=state.micro_step,
+                update_step=state.update_step,
+                loss=mean_loss,
+                lr=lr,
+                tokens=real_tokens,
+                tokens_seen=state.tokens_seen,
+                time=round(seconds, 6),
+            )
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
             if rank == 0 and state.micro_step % args.log_interval == 0:
                 tput = perf.compute_throughput(
-                    latency_s=seconds, batch_size=batch["input_ids"].shape[0], seq_len=batch["input_ids"].shape[1],
-                    num_tokens=real_tokens, num_layers=layers, hidden_size=hidden, vocab_size=vocab,
-                    world_size=dist.get_world_size(), gradient_checkpointing=args.gradient_checkpointing,
-                    lora_dim=args.lora_dim, num_params=num_params,
+                    latency_s=seconds,
+                    batch_size=batch["input_ids"].shape[0],
+                    seq_len=batch["input_ids"].shape[1],
+                    num_tokens=real_tokens,
+                    num_layers=layers,
+                    hidden_size=hidden,
+                    vocab_size=vocab,
+                    world_size=dist.get_world_size(),
+                    gradient_checkpointing=args.gradient_checkpointing,
+                    lora_dim=args.lora_dim,
+                    num_params=num_params,
                 )
                 logger.info(perf.format_upstream_line(tput))
-                logger.info("step=%d loss=%.6f lr=%.3e %s", state.micro_step, mean_loss, lr, perf.format_metrics(tput))
+                logger.info(
+                    "step=%d loss=%.6f lr=%.3e %s", state.micro_step, mean_loss, lr, perf.format_metrics(tput)
+                )
             if args.eval_interval and state.micro_step % args.eval_interval == 0:
                 log_eval(evaluate(engine, eval_loader, device), epoch + 1, args.num_train_epochs)
                 engine.train()

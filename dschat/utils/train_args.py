@@ -11,9 +11,9 @@ import deepspeed
 from transformers import SchedulerType
 
 from dschat.errors import DschatError
+from dschat.utils import ds_utils
 from dschat.utils.cli_args import add_data_args, add_tokenizer_args
 from dschat.utils.data.splits import parse_data_split
-from dschat.utils import ds_utils
 from dschat.utils.ds_utils import DTYPES, ZERO_STAGES
 
 logger = logging.getLogger(__name__)
@@ -24,57 +24,136 @@ SAVE_FORMATS = ("safetensors", "pytorch_bin")
 def add_training_args(parser: argparse.ArgumentParser) -> None:
     """Upstream's training, precision, LoRA and logging flags with upstream's defaults."""
     group = parser.add_argument_group("training (upstream)")
-    group.add_argument("--per_device_train_batch_size", type=int, default=16, help="Micro-batch size per device.")
-    group.add_argument("--per_device_eval_batch_size", type=int, default=16, help="Eval batch size per device.")
-    group.add_argument("--learning_rate", type=float, default=1e-3, help="Initial learning rate (after warmup).")
+    group.add_argument(
+        "--per_device_train_batch_size", type=int, default=16, help="Micro-batch size per device."
+    )
+    group.add_argument(
+        "--per_device_eval_batch_size", type=int, default=16, help="Eval batch size per device."
+    )
+    group.add_argument(
+        "--learning_rate", type=float, default=1e-3, help="Initial learning rate (after warmup)."
+    )
     group.add_argument("--weight_decay", type=float, default=0.0, help="Weight decay of the decay groups.")
     group.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                       help="Micro-batches accumulated per optimizer update.")
-    group.add_argument("--lr_scheduler_type", type=SchedulerType, default="cosine",
-                       choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                                "constant_with_warmup"], help="The LR schedule (transformers get_scheduler).")
+    group.add_argument(
+        "--gradient_accumulation_steps",
+        type=int,
+        default=1,
+        help="Micro-batches accumulated per optimizer update.",
+    )
+    group.add_argument(
+        "--lr_scheduler_type",
+        type=SchedulerType,
+        default="cosine",
+        choices=[
+            "linear",
+            "cosine",
+            "cosine_with_restarts",
+            "polynomial",
+            "constant",
+            "constant_with_warmup",
+        ],
+        help="The LR schedule (transformers get_scheduler).",
+    )
     group.add_argument("--num_warmup_steps", type=int, default=0, help="Warmup in optimizer updates.")
-    group.add_argument("--output_dir", type=str, default=None, help="Where to save the model (None: not saved).")
+    group.add_argument(
+        "--output_dir", type=str, default=None, help="Where to save the model (None: not saved)."
+    )
     group.add_argument("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
-    group.add_argument("--gradient_checkpointing", action="store_true", help="Enable HF gradient checkpointing.")
-    group.add_argument("--dropout", type=float, default=None,
-                       help="Override the model's dropout, attention_dropout, hidden_dropout, activation_dropout.")
-    group.add_argument("--offload", action="store_true", help="ZeRO-Offload: parameters and optimizer to CPU.")
-    group.add_argument("--dtype", type=str, default="fp16", choices=list(DTYPES),
-                       help="Training precision; fp32 (dschat) is DeepSpeed's plain fp32 path, the one for CPUs.")
+    group.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Enable HF gradient checkpointing."
+    )
+    group.add_argument(
+        "--dropout",
+        type=float,
+        default=None,
+        help="Override the model's dropout, attention_dropout, hidden_dropout, activation_dropout.",
+    )
+    group.add_argument(
+        "--offload", action="store_true", help="ZeRO-Offload: parameters and optimizer to CPU."
+    )
+    group.add_argument(
+        "--dtype",
+        type=str,
+        default="fp16",
+        choices=list(DTYPES),
+        help="Training precision; fp32 (dschat) is DeepSpeed's plain fp32 path, the one for CPUs.",
+    )
     group.add_argument("--zero_stage", type=int, default=0, help="ZeRO optimization stage (0-3).")
     group.add_argument("--lora_dim", type=int, default=0, help="LoRA rank; > 0 enables LoRA.")
-    group.add_argument("--lora_module_name", type=str, default="decoder.layers.",
-                       help="Linear layers whose name contains this get LoRA.")
+    group.add_argument(
+        "--lora_module_name",
+        type=str,
+        default="decoder.layers.",
+        help="Linear layers whose name contains this get LoRA.",
+    )
     group.add_argument("--only_optimize_lora", action="store_true", help="Train only the LoRA parameters.")
-    group.add_argument("--lora_learning_rate", type=float, default=5e-4, help="Learning rate of LoRA parameters.")
+    group.add_argument(
+        "--lora_learning_rate", type=float, default=5e-4, help="Learning rate of LoRA parameters."
+    )
     group.add_argument("--compute_fp32_loss", action="store_true", help="Compute the loss in fp32.")
-    group.add_argument("--enable_tensorboard", action="store_true", help="Enable DeepSpeed's tensorboard monitor.")
-    group.add_argument("--tensorboard_path", type=str, default="step1_tensorboard", help="Tensorboard base dir.")
+    group.add_argument(
+        "--enable_tensorboard", action="store_true", help="Enable DeepSpeed's tensorboard monitor."
+    )
+    group.add_argument(
+        "--tensorboard_path", type=str, default="step1_tensorboard", help="Tensorboard base dir."
+    )
     group.add_argument("--print_loss", action="store_true", help="Print every rank's loss each micro-step.")
 
 
 def add_dschat_args(parser: argparse.ArgumentParser) -> None:
     """Flags upstream does not have; defaults keep upstream's behaviour."""
     group = parser.add_argument_group("dschat additions")
-    group.add_argument("--max_steps", type=int, default=0,
-                       help="Stop after this many optimizer updates (0: run all epochs). The LR schedule stays "
-                       "the full run's, so a short run's losses equal the first steps of the full run.")
-    group.add_argument("--eval_interval", type=int, default=0,
-                       help="Also evaluate every N micro-steps (0: only before training and after each epoch).")
+    group.add_argument(
+        "--max_steps",
+        type=int,
+        default=0,
+        help="Stop after this many optimizer updates (0: run all epochs). The LR schedule stays "
+        "the full run's, so a short run's losses equal the first steps of the full run.",
+    )
+    group.add_argument(
+        "--eval_interval",
+        type=int,
+        default=0,
+        help="Also evaluate every N micro-steps (0: only before training and after each epoch).",
+    )
     group.add_argument("--log_interval", type=int, default=10, help="Log throughput every N micro-steps.")
-    group.add_argument("--ds_config_override", type=str, default=None,
-                       help="JSON file deep-merged over the built DeepSpeed config (the result is logged).")
-    group.add_argument("--shuffle_each_epoch", action="store_true",
-                       help="Reshuffle the training data every epoch (upstream repeats the same order).")
-    group.add_argument("--save_format", choices=SAVE_FORMATS, default="safetensors",
-                       help="Weights file: model.safetensors, or upstream's pytorch_model.bin.")
+    group.add_argument(
+        "--ds_config_override",
+        type=str,
+        default=None,
+        help="JSON file deep-merged over the built DeepSpeed config (the result is logged).",
+    )
+    group.add_argument(
+        "--shuffle_each_epoch",
+        action="store_true",
+        help="Reshuffle the training data every epoch (upstream repeats the same order).",
+    )
+    group.add_argument(
+        "--lora_alpha",
+        type=float,
+        default=1.0,
+        help="LoRA scaling numerator: scaling = lora_alpha / lora_dim (upstream: fixed at 1).",
+    )
+    group.add_argument(
+        "--lora_dropout",
+        type=float,
+        default=0.0,
+        help="Dropout on the LoRA branch input (upstream: 0 in step 1).",
+    )
+    group.add_argument(
+        "--save_format",
+        choices=SAVE_FORMATS,
+        default="safetensors",
+        help="Weights file: model.safetensors, or upstream's pytorch_model.bin.",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse step-1 flags (upstream's, DeepSpeed's and dschat's)."""
-    parser = argparse.ArgumentParser(description="Finetune a transformers model on a causal language modeling task")
+    parser = argparse.ArgumentParser(
+        description="Finetune a transformers model on a causal language modeling task"
+    )
     add_data_args(parser)
     add_tokenizer_args(parser)
     add_training_args(parser)
@@ -99,8 +178,13 @@ def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool
     problems = []
     if args.zero_stage not in ZERO_STAGES:
         problems.append(f"--zero_stage {args.zero_stage}: ZeRO stages are 0, 1, 2, 3")
-    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "num_train_epochs", "log_interval"):
+    for flag in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "log_interval",
+    ):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag} {getattr(args, flag)}: must be at least 1")
     for flag in ("max_steps", "eval_interval", "num_warmup_steps", "lora_dim"):
@@ -118,7 +202,9 @@ def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool
     if args.only_optimize_lora and args.lora_dim <= 0:
         problems.append("--only_optimize_lora needs --lora_dim > 0 (otherwise nothing would train)")
     if getattr(args, "deepspeed_config", None):
-        problems.append("--deepspeed_config cannot be used: main.py builds the config; use --ds_config_override")
+        problems.append(
+            "--deepspeed_config cannot be used: main.py builds the config; use --ds_config_override"
+        )
     try:
         parse_data_split(args.data_split)
     except DschatError as err:
@@ -135,20 +221,31 @@ def run_info(args: argparse.Namespace) -> dict:
     """What the output dir records about the run: the prompt format (chat and eval default to it) and all flags."""
     from dschat import __version__
 
-    flags = {key: value if isinstance(value, (int, float, str, bool, list, type(None))) else str(value)
-             for key, value in vars(args).items()}
-    return {"dschat_version": __version__, "prompt_template": args.prompt_template,
-            "eos_token_appended": args.prompt_template == "upstream", "args": flags}
+    flags = {
+        key: value if isinstance(value, (int, float, str, bool, list, type(None))) else str(value)
+        for key, value in vars(args).items()
+    }
+    return {
+        "dschat_version": __version__,
+        "prompt_template": args.prompt_template,
+        "eos_token_appended": args.prompt_template == "upstream",
+        "args": flags,
+    }
 
 
 def train_ds_config(args: argparse.Namespace, world_size: int) -> dict:
     """Upstream's step-1 DeepSpeed config for these flags, batch sizes set, ``--ds_config_override`` merged."""
     config = ds_utils.get_train_ds_config(
-        offload=args.offload, dtype=args.dtype, stage=args.zero_stage, enable_tensorboard=args.enable_tensorboard,
-        tb_path=args.tensorboard_path, tb_name="step1_model",
+        offload=args.offload,
+        dtype=args.dtype,
+        stage=args.zero_stage,
+        enable_tensorboard=args.enable_tensorboard,
+        tb_path=args.tensorboard_path,
+        tb_name="step1_model",
     )
-    config = ds_utils.set_batch_sizes(config, args.per_device_train_batch_size, world_size,
-                                      args.gradient_accumulation_steps)
+    config = ds_utils.set_batch_sizes(
+        config, args.per_device_train_batch_size, world_size, args.gradient_accumulation_steps
+    )
     if args.ds_config_override:
         config = ds_utils.deep_merge(config, ds_utils.load_config_override(args.ds_config_override))
         logger.info("DeepSpeed config after --ds_config_override:\n%s", json.dumps(config, indent=2))

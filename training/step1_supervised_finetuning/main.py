@@ -31,45 +31,80 @@ logger = logging.getLogger("dschat.step1")
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     accelerator = get_accelerator()
-    validate_args(args, accelerator.device_name(), accelerator.is_fp16_supported(), accelerator.is_bf16_supported())
+    validate_args(
+        args, accelerator.device_name(), accelerator.is_fp16_supported(), accelerator.is_bf16_supported()
+    )
     device = dist.init_distributed(args.local_rank)
     setup_logging()
     ds_config = train_ds_config(args, dist.get_world_size())
     set_random_seed(args.seed)
     dist.barrier()
 
-    tokenizer = load_hf_tokenizer(args.model_name_or_path, fast_tokenizer=True,
-                                  add_special_tokens=args.eot_token if args.add_eot_token else None,
-                                  trust_remote_code=args.trust_remote_code)
-    model = create_hf_model(AutoModelForCausalLM, args.model_name_or_path, tokenizer, ds_config,
-                            dropout=args.dropout, trust_remote_code=args.trust_remote_code)
+    tokenizer = load_hf_tokenizer(
+        args.model_name_or_path,
+        fast_tokenizer=True,
+        add_special_tokens=args.eot_token if args.add_eot_token else None,
+        trust_remote_code=args.trust_remote_code,
+    )
+    model = create_hf_model(
+        AutoModelForCausalLM,
+        args.model_name_or_path,
+        tokenizer,
+        ds_config,
+        dropout=args.dropout,
+        trust_remote_code=args.trust_remote_code,
+    )
     if args.compute_fp32_loss:
         causal_lm_model_to_fp32_loss(model)
     apply_lora(model, args)
 
     train_dataset, eval_dataset = create_prompt_dataset(
-        args.local_rank, args.data_path, args.data_split, args.data_output_path, 1, args.seed, tokenizer,
-        args.max_seq_len, end_of_conversation_token=tokenizer.eos_token, sft_only_data_path=args.sft_only_data_path,
-        reload=args.reload_data, prompt_template=args.prompt_template, data_weights=args.data_weights,
+        args.local_rank,
+        args.data_path,
+        args.data_split,
+        args.data_output_path,
+        1,
+        args.seed,
+        tokenizer,
+        args.max_seq_len,
+        end_of_conversation_token=tokenizer.eos_token,
+        sft_only_data_path=args.sft_only_data_path,
+        reload=args.reload_data,
+        prompt_template=args.prompt_template,
+        data_weights=args.data_weights,
     )
     collator = SFTCollator(tokenizer.pad_token_id, args.max_seq_len)
-    train_loader, eval_loader = train.create_dataloaders(train_dataset, eval_dataset, collator,
-                                                         args.per_device_train_batch_size,
-                                                         args.per_device_eval_batch_size)
+    train_loader, eval_loader = train.create_dataloaders(
+        train_dataset,
+        eval_dataset,
+        collator,
+        args.per_device_train_batch_size,
+        args.per_device_eval_batch_size,
+    )
 
     param_groups = optim.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
     optimizer = optim.create_optimizer(param_groups, args.learning_rate, args.offload)
-    num_updates = optim.num_update_steps(len(train_loader), args.gradient_accumulation_steps, args.num_train_epochs)
-    lr_scheduler = optim.create_lr_scheduler(optimizer, args.lr_scheduler_type, args.num_warmup_steps, num_updates)
+    num_updates = optim.num_update_steps(
+        len(train_loader), args.gradient_accumulation_steps, args.num_train_epochs
+    )
+    lr_scheduler = optim.create_lr_scheduler(
+        optimizer, args.lr_scheduler_type, args.num_warmup_steps, num_updates
+    )
     engine = train.create_engine(model, optimizer, lr_scheduler, ds_config, args)
 
     train.train(engine, train_loader, eval_loader, args, model.config, device)
 
     if args.output_dir:
         logger.info("saving the final model ...")
-        save.save_hf_format(engine, tokenizer, args.output_dir, args.zero_stage,
-                            safe_serialization=args.save_format == "safetensors",
-                            run_info=run_info(args))
+        save.fuse_lora(engine, args.zero_stage)
+        save.save_hf_format(
+            engine,
+            tokenizer,
+            args.output_dir,
+            args.zero_stage,
+            safe_serialization=args.save_format == "safetensors",
+            run_info=run_info(args),
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def load_hub_or_local(dataset_name: str):
                 "`datasets.load_dataset(name).save_to_disk('/path/<name>')` and pass that path (it must "
                 "contain the dataset name, e.g. /data/Dahoas/rm-static), or pass local json/jsonl/parquet files"
             )
-        raise DschatError(f"cannot load dataset {dataset_name!r}: {type(err).__name__}: {text[:300]}. Fix: {fix}") from None
+        raise DschatError(
+            f"cannot load dataset {dataset_name!r}: {type(err).__name__}: {text[:300]}. Fix: {fix}"
+        ) from None
 
 
 class PromptRawDataset:

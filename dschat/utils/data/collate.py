@@ -15,7 +15,9 @@ class SFTCollator:
     otherwise a batch is padded to its longest sample, which gives the same loss with less compute.
     """
 
-    def __init__(self, pad_token_id: int, max_seq_len: int, pad_to_max_len: bool = True, train_on_prompt: bool = True):
+    def __init__(
+        self, pad_token_id: int, max_seq_len: int, pad_to_max_len: bool = True, train_on_prompt: bool = True
+    ):
         self.pad_token_id = pad_token_id
         self.max_seq_len = max_seq_len
         self.pad_to_max_len = pad_to_max_len

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import zipfile
 import hashlib
 import logging
 import os
+import zipfile
 from collections import Counter
 
 import numpy as np
@@ -88,8 +88,11 @@ def build_split(raw, rows, split_name, tokenizer, max_seq_len, eot, prompt_templ
     ids, masks, lengths = [], [], []
     for start in range(0, len(texts), TOKENIZE_BATCH):
         part = tokenize_texts(
-            tokenizer, texts[start : start + TOKENIZE_BATCH], spans[start : start + TOKENIZE_BATCH],
-            max_seq_len, add_specials,
+            tokenizer,
+            texts[start : start + TOKENIZE_BATCH],
+            spans[start : start + TOKENIZE_BATCH],
+            max_seq_len,
+            add_specials,
         )
         for total, chunk in zip((ids, masks, lengths), part):
             total.extend(chunk)
@@ -101,19 +104,39 @@ def build_split(raw, rows, split_name, tokenizer, max_seq_len, eot, prompt_templ
     return TokenizedSamples.from_lists(ids, masks), stats
 
 
-def create_dataset(local_rank, dataset_name, data_split, output_path, train_phase, seed, tokenizer,
-                   end_of_conversation_token, max_seq_len, prompt_template=prompts.UPSTREAM):
+def create_dataset(
+    local_rank,
+    dataset_name,
+    data_split,
+    output_path,
+    train_phase,
+    seed,
+    tokenizer,
+    end_of_conversation_token,
+    max_seq_len,
+    prompt_template=prompts.UPSTREAM,
+):
     """One dataset's phase partition of its train and eval splits, tokenised (upstream's create_dataset)."""
     raw = get_raw_dataset(dataset_name, output_path, seed, local_rank)
     rebuild = raw.dataset_name_clean == "jsonfile"  # upstream rebuilds this dataset's split every run
     result = []
     for split_name, data in (("train", raw.get_train_data()), ("eval", raw.get_eval_data())):
         index = splits.split_indices(
-            output_path, raw.dataset_name_clean, seed, split_name, data_split, train_phase - 1, len(data), rebuild
+            output_path,
+            raw.dataset_name_clean,
+            seed,
+            split_name,
+            data_split,
+            train_phase - 1,
+            len(data),
+            rebuild,
         )
         rows = data.select(index) if hasattr(data, "select") else (data[i] for i in index)
-        result.append(build_split(raw, rows, split_name, tokenizer, max_seq_len, end_of_conversation_token,
-                                  prompt_template))
+        result.append(
+            build_split(
+                raw, rows, split_name, tokenizer, max_seq_len, end_of_conversation_token, prompt_template
+            )
+        )
     (train, train_stats), (evaluation, eval_stats) = result
     return train, evaluation, [train_stats, eval_stats]
 
@@ -170,8 +193,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cache_key(data_path, data_split, train_phase, seed, tokenizer, max_seq_len, sft_only_data_path,
-              end_of_conversation_token, prompt_template, data_weights) -> str:
+def cache_key(
+    data_path,
+    data_split,
+    train_phase,
+    seed,
+    tokenizer,
+    max_seq_len,
+    sft_only_data_path,
+    end_of_conversation_token,
+    prompt_template,
+    data_weights,
+) -> str:
     """Upstream's key fields plus what upstream forgot: tokenizer identity, EOS text, template, files, version."""
     name = tokenizer.init_kwargs.get("name_or_path", tokenizer.name_or_path).replace("/", "_")
     key = (
@@ -184,8 +217,19 @@ def cache_key(data_path, data_split, train_phase, seed, tokenizer, max_seq_len, 
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def build_phase1(local_rank, data_path, data_split, output_path, seed, tokenizer, max_seq_len, eot,
-                 sft_only_data_path, prompt_template, data_weights):
+def build_phase1(
+    local_rank,
+    data_path,
+    data_split,
+    output_path,
+    seed,
+    tokenizer,
+    max_seq_len,
+    eot,
+    sft_only_data_path,
+    prompt_template,
+    data_weights,
+):
     """Build train and eval samples for phase 1: main datasets, blend, then SFT-only datasets (upstream order)."""
     trains, evals, stats = [], [], []
     for name in data_path:
@@ -202,7 +246,15 @@ def build_phase1(local_rank, data_path, data_split, output_path, seed, tokenizer
     sft_trains, sft_evals = [], []
     for name in sft_only_data_path:
         sft_train, sft_eval, split_stats = create_dataset(
-            local_rank, name, splits.SFT_ONLY_SPLIT, output_path, 1, seed, tokenizer, eot, max_seq_len,
+            local_rank,
+            name,
+            splits.SFT_ONLY_SPLIT,
+            output_path,
+            1,
+            seed,
+            tokenizer,
+            eot,
+            max_seq_len,
             prompt_template,
         )
         sft_trains.append(sft_train)
@@ -234,21 +286,48 @@ def load_cached(paths: list[str]):
         return None
 
 
-def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_phase, seed, tokenizer,
-                          max_seq_len, end_of_conversation_token, sft_only_data_path=(), reload=False,
-                          prompt_template=prompts.UPSTREAM, data_weights=None, train_on_prompt=True):
+def create_prompt_dataset(
+    local_rank,
+    data_path,
+    data_split,
+    output_path,
+    train_phase,
+    seed,
+    tokenizer,
+    max_seq_len,
+    end_of_conversation_token,
+    sft_only_data_path=(),
+    reload=False,
+    prompt_template=prompts.UPSTREAM,
+    data_weights=None,
+    train_on_prompt=True,
+):
     """Phase-1 train and eval PromptDatasets, built once per node and cached (upstream's create_prompt_dataset)."""
     if train_phase != 1:
-        raise DschatError(f"train_phase={train_phase}: dschat implements step 1 (supervised fine-tuning) only")
+        raise DschatError(
+            f"train_phase={train_phase}: dschat implements step 1 (supervised fine-tuning) only"
+        )
     if not data_path:
         raise DschatError("--data_path is empty: name at least one dataset (upstream requires it too)")
     splits.parse_data_split(data_split)
     if data_weights is not None and len(data_weights) != len(data_path):
-        raise DschatError(f"--data_weights has {len(data_weights)} values for {len(data_path)} --data_path entries")
+        raise DschatError(
+            f"--data_weights has {len(data_weights)} values for {len(data_path)} --data_path entries"
+        )
     data_path, sft_only_data_path = list(data_path), list(sft_only_data_path)
     os.makedirs(output_path, exist_ok=True)
-    key = cache_key(data_path, data_split, train_phase, seed, tokenizer, max_seq_len, sft_only_data_path,
-                    end_of_conversation_token, prompt_template, data_weights)
+    key = cache_key(
+        data_path,
+        data_split,
+        train_phase,
+        seed,
+        tokenizer,
+        max_seq_len,
+        sft_only_data_path,
+        end_of_conversation_token,
+        prompt_template,
+        data_weights,
+    )
     paths = [os.path.join(output_path, f"{kind}data_{key}.npz") for kind in ("train", "eval")]
     cached = None if reload else load_cached(paths)
     built = False
@@ -257,8 +336,17 @@ def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_
             cached = None if reload else load_cached(paths)  # another node may have built it meanwhile
             if cached is None:
                 train, evaluation, stats = build_phase1(
-                    local_rank, data_path, data_split, output_path, seed, tokenizer, max_seq_len,
-                    end_of_conversation_token, sft_only_data_path, prompt_template, data_weights,
+                    local_rank,
+                    data_path,
+                    data_split,
+                    output_path,
+                    seed,
+                    tokenizer,
+                    max_seq_len,
+                    end_of_conversation_token,
+                    sft_only_data_path,
+                    prompt_template,
+                    data_weights,
                 )
                 meta = {"stats": report.stats_to_dicts(stats), "max_seq_len": max_seq_len, "key": key}
                 evaluation.save(paths[1], meta)
@@ -267,8 +355,10 @@ def create_prompt_dataset(local_rank, data_path, data_split, output_path, train_
     if dist.all_reduce_max(int(cached is None)):  # every rank waits here until each node's builder is done
         cached = load_cached(paths) if cached is None else cached
     if cached is None:
-        raise DschatError(f"the tokenised data cache in {output_path} could not be read after it was built: "
-                          "check that --data_output_path is writable and not full")
+        raise DschatError(
+            f"the tokenised data cache in {output_path} could not be read after it was built: "
+            "check that --data_output_path is writable and not full"
+        )
     (train, meta), (evaluation, _) = cached
     if len(train) == 0:
         raise DschatError(

@@ -74,14 +74,26 @@ def log_report(stats: list[SplitStats], max_seq_len: int, sample_text: str | Non
         lengths = " ".join(f"{k}={v}" for k, v in s.length_percentiles.items()) or "n/a"
         logger.info(
             "  dataset=%s split=%s records=%d kept=%d dropped=%d (%s) truncated=%d (%.1f%%) tokens: %s",
-            s.dataset, s.split, s.records, s.kept, sum(s.dropped.values()), dropped,
-            s.truncated, 100 * s.truncated_fraction, lengths,
+            s.dataset,
+            s.split,
+            s.records,
+            s.kept,
+            sum(s.dropped.values()),
+            dropped,
+            s.truncated,
+            100 * s.truncated_fraction,
+            lengths,
         )
         if s.truncated_fraction > TRUNCATION_WARN_FRACTION:
             logger.warning(
                 "!!! %.1f%% of %s/%s samples are longer than --max_seq_len %d: their answers lose the end and "
                 "the end-of-text token, so the model may not learn to stop. Raise --max_seq_len or shorten the data.",
-                100 * s.truncated_fraction, s.dataset, s.split, max_seq_len,
+                100 * s.truncated_fraction,
+                s.dataset,
+                s.split,
+                max_seq_len,
             )
     if sample_text is not None:
-        logger.info("first training sample, loss-bearing tokens in %s %s:\n%s", LOSS_OPEN, LOSS_CLOSE, sample_text)
+        logger.info(
+            "first training sample, loss-bearing tokens in %s %s:\n%s", LOSS_OPEN, LOSS_CLOSE, sample_text
+        )

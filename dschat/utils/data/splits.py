@@ -54,7 +54,9 @@ def shuffle_indices(seed: int, size: int) -> np.ndarray:
     return indices
 
 
-def split_index_path(output_path: str, name_clean: str, seed: int, split_name: str, data_split: str, index: int) -> str:
+def split_index_path(
+    output_path: str, name_clean: str, seed: int, split_name: str, data_split: str, index: int
+) -> str:
     """Upstream's cache file name for one partition's index list."""
     return os.path.join(output_path, f"{name_clean}_seed{seed}_{split_name}_{data_split}_{index}.npy")
 
@@ -74,7 +76,9 @@ def _cached_partitions(paths: list[str], num_samples: int) -> list[np.ndarray] |
     if total != num_samples or any(len(p) and int(p.max()) >= num_samples for p in parts):
         logger.warning(
             "split index files %s cover %d samples but the dataset now has %d; rebuilding them",
-            paths[0], total, num_samples,
+            paths[0],
+            total,
+            num_samples,
         )
         return None
     return parts

@@ -92,4 +92,7 @@ class PromptDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ids, mask = self.samples.sample(index)
-        return {"input_ids": torch.from_numpy(ids.astype(np.int64)), "answer_mask": torch.from_numpy(mask.astype(bool))}
+        return {
+            "input_ids": torch.from_numpy(ids.astype(np.int64)),
+            "answer_mask": torch.from_numpy(mask.astype(bool)),
+        }
