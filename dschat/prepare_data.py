@@ -15,7 +15,7 @@ import sys
 
 from dschat.errors import run_cli
 from dschat.utils.cli_args import add_data_args, add_tokenizer_args
-from dschat.utils.data.data_utils import create_prompt_dataset
+from dschat.utils.data.data_utils import create_phase1_datasets
 from dschat.utils.log import setup_logging
 from dschat.utils.model.model_utils import load_hf_tokenizer
 
@@ -38,21 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         add_special_tokens=args.eot_token if args.add_eot_token else None,
         trust_remote_code=args.trust_remote_code,
     )
-    train, evaluation = create_prompt_dataset(
-        0,
-        args.data_path,
-        args.data_split,
-        args.data_output_path,
-        1,
-        args.seed,
-        tokenizer,
-        args.max_seq_len,
-        end_of_conversation_token=tokenizer.eos_token,
-        sft_only_data_path=args.sft_only_data_path,
-        reload=args.reload_data,
-        prompt_template=args.prompt_template,
-        data_weights=args.data_weights,
-    )
+    train, evaluation = create_phase1_datasets(args, tokenizer)
     logger.info(
         "phase-1 data ready: train_samples=%d eval_samples=%d cache_dir=%s",
         len(train),

@@ -142,6 +142,12 @@ def add_dschat_args(parser: argparse.ArgumentParser) -> None:
         help="Dropout on the LoRA branch input (upstream: 0 in step 1).",
     )
     group.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="Check flags, paths and data, print the plan (batches, steps, ZeRO, memory estimate) "
+        "and exit without loading weights or training.",
+    )
+    group.add_argument(
         "--save_format",
         choices=SAVE_FORMATS,
         default="safetensors",

@@ -18,10 +18,11 @@ from transformers import AutoModelForCausalLM
 from dschat.errors import run_cli
 from dschat.utils import dist, optim, save, train
 from dschat.utils.data.collate import SFTCollator
-from dschat.utils.data.data_utils import create_prompt_dataset
+from dschat.utils.data.data_utils import create_phase1_datasets
 from dschat.utils.log import setup_logging
 from dschat.utils.model.model_utils import causal_lm_model_to_fp32_loss, create_hf_model, load_hf_tokenizer
 from dschat.utils.module.lora import apply_lora
+from dschat.utils.plan import log_plan
 from dschat.utils.seed import set_random_seed
 from dschat.utils.train_args import parse_args, run_info, train_ds_config, validate_args
 
@@ -30,49 +31,28 @@ logger = logging.getLogger("dschat.step1")
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    accelerator = get_accelerator()
-    validate_args(
-        args, accelerator.device_name(), accelerator.is_fp16_supported(), accelerator.is_bf16_supported()
-    )
+    accel = get_accelerator()
+    validate_args(args, accel.device_name(), accel.is_fp16_supported(), accel.is_bf16_supported())
     device = dist.init_distributed(args.local_rank)
     setup_logging()
     ds_config = train_ds_config(args, dist.get_world_size())
     set_random_seed(args.seed)
     dist.barrier()
 
-    tokenizer = load_hf_tokenizer(
-        args.model_name_or_path,
-        fast_tokenizer=True,
-        add_special_tokens=args.eot_token if args.add_eot_token else None,
-        trust_remote_code=args.trust_remote_code,
-    )
+    eot = args.eot_token if args.add_eot_token else None
+    tokenizer = load_hf_tokenizer(args.model_name_or_path, True, eot, args.trust_remote_code)
+    if args.dry_run:
+        log_plan(args, tokenizer, dist.get_world_size())
+        return
     model = create_hf_model(
-        AutoModelForCausalLM,
-        args.model_name_or_path,
-        tokenizer,
-        ds_config,
-        dropout=args.dropout,
+        AutoModelForCausalLM, args.model_name_or_path, tokenizer, ds_config, dropout=args.dropout,
         trust_remote_code=args.trust_remote_code,
-    )
+    )  # fmt: skip
     if args.compute_fp32_loss:
         causal_lm_model_to_fp32_loss(model)
     apply_lora(model, args)
 
-    train_dataset, eval_dataset = create_prompt_dataset(
-        args.local_rank,
-        args.data_path,
-        args.data_split,
-        args.data_output_path,
-        1,
-        args.seed,
-        tokenizer,
-        args.max_seq_len,
-        end_of_conversation_token=tokenizer.eos_token,
-        sft_only_data_path=args.sft_only_data_path,
-        reload=args.reload_data,
-        prompt_template=args.prompt_template,
-        data_weights=args.data_weights,
-    )
+    train_dataset, eval_dataset = create_phase1_datasets(args, tokenizer)
     collator = SFTCollator(tokenizer.pad_token_id, args.max_seq_len)
     train_loader, eval_loader = train.create_dataloaders(
         train_dataset,
@@ -82,15 +62,13 @@ def main(argv: list[str] | None = None) -> None:
         args.per_device_eval_batch_size,
     )
 
-    param_groups = optim.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
-    optimizer = optim.create_optimizer(param_groups, args.learning_rate, args.offload)
-    num_updates = optim.num_update_steps(
+    groups = optim.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
+    optimizer = optim.create_optimizer(groups, args.learning_rate, args.offload)
+    updates = optim.num_update_steps(
         len(train_loader), args.gradient_accumulation_steps, args.num_train_epochs
     )
-    lr_scheduler = optim.create_lr_scheduler(
-        optimizer, args.lr_scheduler_type, args.num_warmup_steps, num_updates
-    )
-    engine = train.create_engine(model, optimizer, lr_scheduler, ds_config, args)
+    scheduler = optim.create_lr_scheduler(optimizer, args.lr_scheduler_type, args.num_warmup_steps, updates)
+    engine = train.create_engine(model, optimizer, scheduler, ds_config, args)
 
     train.train(engine, train_loader, eval_loader, args, model.config, device)
 
@@ -98,13 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("saving the final model ...")
         save.fuse_lora(engine, args.zero_stage)
         save.save_hf_format(
-            engine,
-            tokenizer,
-            args.output_dir,
-            args.zero_stage,
-            safe_serialization=args.save_format == "safetensors",
-            run_info=run_info(args),
-        )
+            engine, tokenizer, args.output_dir, args.zero_stage,
+            safe_serialization=args.save_format == "safetensors", run_info=run_info(args),
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

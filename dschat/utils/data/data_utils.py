@@ -386,3 +386,23 @@ def check_trainable(train: TokenizedSamples, train_on_prompt: bool) -> None:
                 f"training sample {index} has no {what} to train on; raise --max_seq_len, "
                 "drop samples whose prompt is too long, or train on prompts too"
             )
+
+
+def create_phase1_datasets(args, tokenizer, train_on_prompt: bool = True):
+    """create_prompt_dataset with main.py's flag names (shared by main.py, prepare_data and --dry_run)."""
+    return create_prompt_dataset(
+        args.local_rank if hasattr(args, "local_rank") else 0,
+        args.data_path,
+        args.data_split,
+        args.data_output_path,
+        1,
+        args.seed,
+        tokenizer,
+        args.max_seq_len,
+        end_of_conversation_token=tokenizer.eos_token,
+        sft_only_data_path=args.sft_only_data_path,
+        reload=args.reload_data,
+        prompt_template=args.prompt_template,
+        data_weights=args.data_weights,
+        train_on_prompt=train_on_prompt,
+    )
