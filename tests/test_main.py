@@ -367,3 +367,43 @@ def test_print_loss_eval_interval_and_config_override(tmp_path, tiny_models, dat
     assert re.search(r"^Epoch: 0, Step: 0, Rank: 0, loss = \d+\.\d+$", out, re.M)  # upstream's f-string line
     assert log.count("ppl: ") == 4  # before training, after steps 2 and 4, at the end of the epoch
     assert '"gradient_clipping": 0.5' in log and '"overlap_comm": false' in log
+
+
+def test_dynamic_padding_gives_upstreams_per_step_losses(tmp_path, tiny_models, data_files, dist_env):
+    common = ("--dropout", "0.0", "--max_steps", "6")
+    upstream = run_main(
+        tmp_path, tiny_models["opt"], data_files / "varied.jsonl", *common, "--pad_to_max_len", output="max"
+    )
+    dynamic = run_main(
+        tmp_path,
+        tiny_models["opt"],
+        data_files / "varied.jsonl",
+        *common,
+        "--padding",
+        "longest",
+        output="dyn",
+    )
+    assert dynamic == pytest.approx(upstream, abs=2e-5)
+    rows = [json.loads(line) for line in (tmp_path / "dyn" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["padded_tokens"] < 4 * 48 for row in rows)  # never padded to max_seq_len
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--packing", "--max_seq_len", "128"],
+        ["--group_by_length"],
+        ["--train_on_prompt", "false"],
+        ["--packing", "--max_seq_len", "128", "--train_on_prompt", "false", "--zero_stage", "3"],
+    ],
+)
+def test_faster_batching_modes_train(tmp_path, tiny_models, data_files, dist_env, flags):
+    losses = run_main(
+        tmp_path, tiny_models["llama"], data_files / "varied.jsonl", "--num_train_epochs", "3", *flags
+    )
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    if "--packing" in flags:
+        assert len(rows) < 3 * 11  # fewer rows than samples
+    if "false" in flags:
+        assert all(row["loss_tokens"] < row["tokens"] / 2 for row in rows)

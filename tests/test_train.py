@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dschat.utils import optim, train
-from dschat.utils.data.collate import SFTCollator
+from dschat.utils.data.collate import REAL_TOKENS, SFTCollator
 
 
 def make_batch(lengths, vocab=300, pad=2, width=12, seed=0):
@@ -23,7 +23,9 @@ def make_batch(lengths, vocab=300, pad=2, width=12, seed=0):
         }
         for n in lengths
     ]
-    return SFTCollator(pad, width)(items)
+    batch = SFTCollator(pad, width)(items)
+    batch.pop(REAL_TOKENS)
+    return batch
 
 
 def engine_for(model, gas):

@@ -55,10 +55,27 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "(seeded). Default: upstream's plain concatenation.",
     )
     group.add_argument(
+        "--train_on_prompt", type=str_to_bool, default=True, metavar="{true,false}",
+        help="true (upstream): loss on every non-pad token, prompt included; false (dschat): loss on assistant "
+        "answers only (every assistant turn of a multi-turn sample).",
+    )  # fmt: skip
+    group.add_argument(
         "--reload_data",
         action="store_true",
         help="(dschat) rebuild the tokenised cache even if it exists (upstream's reload=True).",
     )
+
+
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def str_to_bool(text: str) -> bool:
+    """Parse true/false flag values (``--train_on_prompt false``)."""
+    if text.lower() in TRUE_WORDS:
+        return True
+    if text.lower() in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:

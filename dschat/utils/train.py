@@ -11,31 +11,14 @@ from dataclasses import dataclass
 
 import deepspeed
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from dschat.utils import dist, perf
-from dschat.utils.data.collate import IGNORE_INDEX
+from dschat.utils.data.collate import IGNORE_INDEX, REAL_TOKENS
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
-
-
-def create_dataloaders(train_dataset, eval_dataset, collator, train_batch_size: int, eval_batch_size: int):
-    """Loaders with upstream's sampling: DistributedSampler (shuffle, seed 0) for both, however we were started.
-
-    Upstream always runs under the launcher, so even one rank uses DistributedSampler, never RandomSampler.
-    """
-    train_sampler = DistributedSampler(train_dataset)
-    eval_sampler = DistributedSampler(eval_dataset)
-    train_loader = DataLoader(
-        train_dataset, collate_fn=collator, sampler=train_sampler, batch_size=train_batch_size
-    )
-    eval_loader = DataLoader(
-        eval_dataset, collate_fn=collator, sampler=eval_sampler, batch_size=eval_batch_size
-    )
-    return train_loader, eval_loader
 
 
 def create_engine(model, optimizer, lr_scheduler, ds_config: dict, args):
@@ -51,8 +34,10 @@ def create_engine(model, optimizer, lr_scheduler, ds_config: dict, args):
     return engine
 
 
-def to_device(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}
+def to_device(batch: dict, device) -> tuple[dict, int]:
+    """Model inputs on ``device``, and the batch's count of real (non-pad) tokens."""
+    real_tokens = int(batch.get(REAL_TOKENS, batch["input_ids"].numel()))
+    return {key: value.to(device) for key, value in batch.items() if key != REAL_TOKENS}, real_tokens
 
 
 def count_targets(labels: torch.Tensor) -> int:
@@ -86,7 +71,7 @@ def evaluate(engine, eval_loader, device) -> EvalResult | None:
     batch_losses = torch.zeros((), dtype=torch.float32, device=device)
     token_sums = torch.zeros(2, dtype=torch.float64, device=device)  # sum of token losses, token count
     for batch in eval_loader:
-        batch = to_device(batch, device)
+        batch, _ = to_device(batch, device)
         with torch.no_grad():
             loss = engine(**batch, use_cache=False).loss.float()
         targets = count_targets(batch["labels"])
@@ -176,13 +161,12 @@ def train(engine, train_loader, eval_loader, args, model_config, device) -> Loop
         )
         for step, batch in enumerate(bar):
             start = time.time()
-            batch = to_device(batch, device)
+            batch, real_tokens = to_device(batch, device)
             lr = engine.get_lr()[0]  # the rate this step's update uses
             loss = train_step(engine, batch, args, epoch, step)
             mean_loss = dist.all_reduce_mean(loss.detach().float().clone()).item()
             seconds = time.time() - start
             state.micro_step += 1
-            real_tokens = int(batch["attention_mask"].sum())
             state.tokens_seen += real_tokens
             state.update_step = engine.global_steps
             metrics.write(
@@ -192,6 +176,8 @@ def train(engine, train_loader, eval_loader, args, model_config, device) -> Loop
                 loss=mean_loss,
                 lr=lr,
                 tokens=real_tokens,
+                loss_tokens=count_targets(batch["labels"]),
+                padded_tokens=batch["input_ids"].numel(),
                 tokens_seen=state.tokens_seen,
                 time=round(seconds, 6),
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from dschat.utils import ds_utils
 from dschat.utils.cli_args import add_data_args, add_tokenizer_args
 from dschat.utils.data.splits import parse_data_split
 from dschat.utils.ds_utils import DTYPES, ZERO_STAGES
+from dschat.utils.loaders import PADDING_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +144,39 @@ def add_dschat_args(parser: argparse.ArgumentParser) -> None:
         help="Dropout on the LoRA branch input (upstream: 0 in step 1).",
     )
     group.add_argument(
+        "--padding",
+        choices=PADDING_CHOICES,
+        default="auto",
+        help="longest: pad each batch to its longest sample (same loss, less compute); max_length: upstream's "
+        "padding to --max_seq_len; auto: longest unless the model uses dropout (then max_length, so a seeded run "
+        "draws upstream's dropout masks).",
+    )
+    group.add_argument(
+        "--pad_to_max_len", action="store_true", help="Same as --padding max_length (upstream)."
+    )
+    group.add_argument(
+        "--group_by_length",
+        action="store_true",
+        help="Batches of similar length (seeded megabatch sort, batches shuffled): less padding. Upstream: off.",
+    )
+    group.add_argument(
+        "--packing",
+        action="store_true",
+        help="Pack several samples into each --max_seq_len row; attention never crosses samples and positions "
+        "restart, so per-sample losses are unchanged. Upstream: off.",
+    )
+    group.add_argument(
+        "--attn_implementation",
+        type=str,
+        default=None,
+        help="Attention kernel passed to from_pretrained: eager, sdpa, flash_attention_2 (GPU, needs flash-attn).",
+    )
+    group.add_argument(
+        "--use_liger_kernel",
+        action="store_true",
+        help="Patch the model with Liger's fused kernels (GPU; needs the liger-kernel package).",
+    )
+    group.add_argument(
         "--dry_run",
         action="store_true",
         help="Check flags, paths and data, print the plan (batches, steps, ZeRO, memory estimate) "
@@ -207,6 +242,16 @@ def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool
         problems.append("--offload needs --zero_stage 1, 2 or 3 (ZeRO-Offload moves ZeRO's optimizer state)")
     if args.only_optimize_lora and args.lora_dim <= 0:
         problems.append("--only_optimize_lora needs --lora_dim > 0 (otherwise nothing would train)")
+    if args.attn_implementation and args.attn_implementation.startswith("flash_attention"):
+        if accelerator_name == "cpu" or importlib.util.find_spec("flash_attn") is None:
+            problems.append(f"--attn_implementation {args.attn_implementation} needs a GPU and the flash-attn "
+                            "package (pip install flash-attn); use sdpa or eager otherwise")  # fmt: skip
+    if args.use_liger_kernel and (
+        accelerator_name == "cpu" or importlib.util.find_spec("liger_kernel") is None
+    ):
+        problems.append(
+            "--use_liger_kernel needs a GPU and the liger-kernel package (pip install liger-kernel)"
+        )
     if getattr(args, "deepspeed_config", None):
         problems.append(
             "--deepspeed_config cannot be used: main.py builds the config; use --ds_config_override"

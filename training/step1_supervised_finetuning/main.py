@@ -17,10 +17,15 @@ from transformers import AutoModelForCausalLM
 
 from dschat.errors import run_cli
 from dschat.utils import dist, optim, save, train
-from dschat.utils.data.collate import SFTCollator
 from dschat.utils.data.data_utils import create_phase1_datasets
+from dschat.utils.loaders import create_dataloaders
 from dschat.utils.log import setup_logging
-from dschat.utils.model.model_utils import causal_lm_model_to_fp32_loss, create_hf_model, load_hf_tokenizer
+from dschat.utils.model.model_utils import (
+    apply_liger_kernel,
+    causal_lm_model_to_fp32_loss,
+    create_hf_model,
+    load_hf_tokenizer,
+)
 from dschat.utils.module.lora import apply_lora
 from dschat.utils.plan import log_plan
 from dschat.utils.seed import set_random_seed
@@ -46,21 +51,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     model = create_hf_model(
         AutoModelForCausalLM, args.model_name_or_path, tokenizer, ds_config, dropout=args.dropout,
-        trust_remote_code=args.trust_remote_code,
+        trust_remote_code=args.trust_remote_code, attn_implementation=args.attn_implementation,
     )  # fmt: skip
+    if args.use_liger_kernel:
+        apply_liger_kernel(model)
     if args.compute_fp32_loss:
         causal_lm_model_to_fp32_loss(model)
     apply_lora(model, args)
 
     train_dataset, eval_dataset = create_phase1_datasets(args, tokenizer)
-    collator = SFTCollator(tokenizer.pad_token_id, args.max_seq_len)
-    train_loader, eval_loader = train.create_dataloaders(
-        train_dataset,
-        eval_dataset,
-        collator,
-        args.per_device_train_batch_size,
-        args.per_device_eval_batch_size,
-    )
+    train_loader, eval_loader = create_dataloaders(train_dataset, eval_dataset, tokenizer, model, args)
 
     groups = optim.get_optimizer_grouped_parameters(model, args.weight_decay, args.lora_learning_rate)
     optimizer = optim.create_optimizer(groups, args.learning_rate, args.offload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
+REAL_TOKENS = "num_real_tokens"  # batch bookkeeping, not a model input: the loop pops it before the forward
 
 
 class SFTCollator:
@@ -35,4 +36,5 @@ class SFTCollator:
             attention_mask[row, :n] = 1
             trained = ids if self.train_on_prompt else ids.masked_fill(~item["answer_mask"][:n], IGNORE_INDEX)
             labels[row, :n] = trained
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                REAL_TOKENS: attention_mask.sum()}  # fmt: skip

@@ -388,7 +388,7 @@ def check_trainable(train: TokenizedSamples, train_on_prompt: bool) -> None:
             )
 
 
-def create_phase1_datasets(args, tokenizer, train_on_prompt: bool = True):
+def create_phase1_datasets(args, tokenizer):
     """create_prompt_dataset with main.py's flag names (shared by main.py, prepare_data and --dry_run)."""
     return create_prompt_dataset(
         args.local_rank if hasattr(args, "local_rank") else 0,
@@ -404,5 +404,5 @@ def create_phase1_datasets(args, tokenizer, train_on_prompt: bool = True):
         reload=args.reload_data,
         prompt_template=args.prompt_template,
         data_weights=args.data_weights,
-        train_on_prompt=train_on_prompt,
+        train_on_prompt=args.train_on_prompt,
     )

@@ -136,14 +136,20 @@ def parse_upstream_dialogue(text: str) -> list[dict]:
 
 
 def answer_spans_upstream(text: str) -> list[tuple[int, int]]:
-    """Character spans of the answers in upstream-format text: after each ``Assistant:`` up to the next ``Human:``."""
+    """Character spans of the answers in upstream-format text: after each ``Assistant:`` up to the next ``Human:``.
+
+    The answer keeps its leading space (upstream's `` Assistant: <a>``); whitespace before the next turn's marker
+    does not count as answer.
+    """
     spans, pos = [], 0
     while (start := text.find(ASSISTANT, pos)) >= 0:
         start += len(ASSISTANT)
-        end = text.find(HUMAN, start)
-        end = len(text) if end < 0 else end
+        next_turn = text.find(HUMAN, start)
+        end = len(text) if next_turn < 0 else next_turn
+        while next_turn >= 0 and end > start and text[end - 1].isspace():
+            end -= 1  # the whitespace before the next "Human:" belongs to that turn's marker
         spans.append((start, end))
-        pos = end
+        pos = end if next_turn < 0 else next_turn
     return spans
 
 
@@ -155,3 +161,90 @@ def answer_spans(segments: list[Segment]) -> list[tuple[int, int]]:
             spans.append((pos, pos + len(segment.text)))
         pos += len(segment.text)
     return spans
+
+
+# --- Inference: generation prompts in the format a model was trained with -------------------------------------
+
+# Upstream chatbot.py's own string (spec 10.1), differing from the training format; kept by choice, not default.
+UPSTREAM_CHATBOT = "upstream_chatbot"
+INFERENCE_PROMPT_TEMPLATES = (UPSTREAM, UPSTREAM_CHATBOT, CHAT_TEMPLATE)
+
+
+def adds_special_tokens(prompt_template: str) -> bool:
+    """Whether to let the tokenizer add BOS etc.: upstream text does (as in training), a chat template writes its own."""
+    return prompt_template != CHAT_TEMPLATE
+
+
+def upstream_eval_prompt(question: str) -> str:
+    """Upstream prompt_eval.py's prompt: ``Human: <q> Assistant:`` (no leading, no trailing space)."""
+    return upstream_prompt(question).lstrip()
+
+
+def chat_prompt_upstream_chatbot(history: list[dict]) -> str:
+    """Upstream chatbot.py's prompt: `` Human: <q>\\n Assistant: `` per turn, each answer followed by a blank line."""
+    parts = []
+    for message in history:
+        role, content = message["role"], message["content"]
+        if role == "system":
+            parts.append(f" {SYSTEM} {content}\n\n")
+        elif role == "user":
+            parts.append(f" {HUMAN} {content}\n {ASSISTANT} ")
+        else:
+            parts.append(f"{content}\n\n")
+    return "".join(parts)
+
+
+def chat_prompt_chat_template(tokenizer, history: list[dict]) -> str:
+    """The tokenizer's chat template with the generation prompt (the assistant header) appended."""
+    require_chat_template(tokenizer)
+    return tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+
+
+def generation_prompt(history: list[dict], prompt_template: str, tokenizer=None) -> str:
+    """The text a model continues with its answer to the last user message of ``history``."""
+    if prompt_template == CHAT_TEMPLATE:
+        return chat_prompt_chat_template(tokenizer, history)
+    if prompt_template == UPSTREAM_CHATBOT:
+        return chat_prompt_upstream_chatbot(history)
+    if prompt_template == UPSTREAM:
+        return chat_prompt_upstream(history)
+    raise DschatError(
+        f"unknown prompt template {prompt_template!r}; choose one of {', '.join(INFERENCE_PROMPT_TEMPLATES)}"
+    )
+
+
+def prompt_and_response(
+    history: list[dict], reference: str, prompt_template: str, tokenizer=None, eos_token: str = ""
+) -> tuple[str, str]:
+    """Prompt text and the reference answer's text as the model was trained to produce it (for its perplexity).
+
+    Upstream text: `` <answer>`` plus ``eos_token`` when training appended it; a chat template: everything the
+    template adds after the generation prompt (answer and end-of-turn tokens).
+    """
+    prompt = generation_prompt(history, prompt_template, tokenizer)
+    if prompt_template != CHAT_TEMPLATE:
+        answer = reference if prompt_template == UPSTREAM_CHATBOT else upstream_answer(reference)
+        return prompt, answer + eos_token
+    full = tokenizer.apply_chat_template(
+        [*history, {"role": "assistant", "content": reference}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise DschatError(
+            "the tokenizer's chat template renders the conversation differently with and without the answer "
+            "(not prefix-stable), so the answer tokens cannot be told apart; use --prompt_template upstream"
+        )
+    return prompt, full[len(prompt) :]
+
+
+def chat_template_end_of_turn(tokenizer) -> str | None:
+    """The special token a chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``), if any."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "\x00answer\x00"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    after = text[text.find(marker) + len(marker) :].lstrip() if marker in text else ""
+    specials = sorted(
+        set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True
+    )
+    return next((token for token in specials if token and after.startswith(token)), None)

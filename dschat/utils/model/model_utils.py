@@ -174,12 +174,18 @@ def _unreadable_weight_files(directory: Path) -> list[str]:
 
 
 def _load_pretrained(
-    model_class: Any, source: str, config: PretrainedConfig, dtype: torch.dtype, trust_remote_code: bool
+    model_class: Any,
+    source: str,
+    config: PretrainedConfig,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """model_class.from_pretrained, with unreadable or missing weights reported as a DschatError."""
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         return model_class.from_pretrained(
-            source, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+            source, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **extra
         )
     except (OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
         corrupt = _unreadable_weight_files(Path(source)) if Path(source).is_dir() else []
@@ -211,6 +217,7 @@ def create_hf_model(
     dropout: float | None = None,
     trust_remote_code: bool = False,
     dtype: torch.dtype = torch.float32,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Build the model as upstream: config (+dropout), ZeRO-3 aware load, eos/pad ids, vocab padded to x8."""
     source = str(model_name_or_path)
@@ -223,7 +230,7 @@ def create_hf_model(
         model = model_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     else:
         # Upstream passed no dtype (fp32 in its transformers); transformers 5 would default to the checkpoint's.
-        model = _load_pretrained(model_class, source, config, dtype, trust_remote_code)
+        model = _load_pretrained(model_class, source, config, dtype, trust_remote_code, attn_implementation)
 
     model.config.end_token_id = tokenizer.eos_token_id
     # The MODEL's eos id (upstream): for Llama this differs from the tokenizer's [PAD] id; labels are mask-based.
@@ -271,3 +278,36 @@ def causal_lm_model_to_fp32_loss(model: PreTrainedModel) -> None:
 
     model._dschat_original_forward = original_forward
     model.forward = forward_with_fp32_loss
+
+
+DROPOUT_CONFIG_KEYS = DROPOUT_KEYS + (
+    "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
+)  # fmt: skip
+
+
+def active_dropout(model: torch.nn.Module) -> list[str]:
+    """Where the model draws dropout masks in training (nn.Dropout with p > 0, or dropout config values > 0).
+
+    With dropout, the random masks depend on the batch's shape, so a seeded run only reproduces upstream's
+    per-step losses when batches have upstream's shape (padded to max_seq_len).
+    """
+    found = [
+        f"{name}(p={m.p})" for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0
+    ]
+    config = getattr(model, "config", None)
+    for key in DROPOUT_CONFIG_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, (int, float)) and value > 0:
+            found.append(f"config.{key}={value}")
+    return found
+
+
+def apply_liger_kernel(model: torch.nn.Module) -> None:
+    """Swap in Liger's fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on a GPU."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError as err:
+        raise DschatError(
+            "--use_liger_kernel needs the liger-kernel package: pip install liger-kernel"
+        ) from err
+    _apply_liger_kernel_to_instance(model=model)

@@ -1,0 +1,269 @@
+"""Inference: load a trained model (full, dschat output or PEFT adapter), batched and streamed generation.
+
+Unlike upstream's chatbot (spec 10.1) the model is built once with ``from_pretrained`` in the requested dtype,
+its embedding keeps the saved size (upstream shrank it to ``len(tokenizer)``) and the tokenizer comes from the
+model directory. Generation stops at EOS, at a chat template's end-of-turn token and at stop strings
+(upstream's format: the next hallucinated ``Human:`` turn), whose text is cut from the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
+
+from dschat.errors import DschatError
+from dschat.utils.data import prompts
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ADAPTER_CONFIG = "adapter_config.json"
+# tokenizer.model_max_length is a huge placeholder (1e30) when a tokenizer does not set it.
+MAX_SANE_CONTEXT = 10_000_000
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding flags; temperature 0 means greedy (deterministic)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+
+    def to_config(self, eos_token_ids: Sequence[int], pad_token_id: int | None) -> GenerationConfig:
+        """A complete GenerationConfig, so a checkpoint's own sampling defaults cannot switch greedy off."""
+        sampling = (
+            dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+            if self.temperature > 0
+            else dict(do_sample=False)
+        )
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            repetition_penalty=self.repetition_penalty,
+            eos_token_id=list(eos_token_ids),
+            pad_token_id=pad_token_id,
+            **sampling,
+        )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DschatError(f"--device {name}: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp32 on CPU, fp16 on GPU (upstream's chatbot ran ``.half()``)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise DschatError(f"--dtype {name!r}: choose one of auto, {', '.join(DTYPES)}")
+    if name == "fp16" and device.type == "cpu":
+        raise DschatError("--dtype fp16 is for GPUs; on CPU use fp32 (fast) or bf16")
+    return DTYPES[name]
+
+
+def _adapter_base(path: Path) -> str | None:
+    """The base model of a PEFT adapter directory, or None for a plain model directory."""
+    config_path = path / ADAPTER_CONFIG
+    if not config_path.is_file():
+        return None
+    base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise DschatError(
+            f"{config_path} has no base_model_name_or_path; set it to the base model's directory"
+        )
+    return base
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The model's tokenizer, pad = eos where it has none, padded on the left for batched generation."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise DschatError(f"cannot load the tokenizer from {path!r}: {' '.join(str(err).split())}") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool):
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise DschatError(f"cannot load a causal LM from {path!r}: {' '.join(str(err).split())}") from err
+
+
+def _apply_adapter(model, adapter_dir: str):
+    """Apply a PEFT adapter and merge it into the weights (plain HF model again, no per-step adapter cost)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise DschatError(
+            f"{adapter_dir} is a PEFT adapter (it has {ADAPTER_CONFIG}), but peft is not installed: "
+            "pip install peft  (or pip install -e .[eval])"
+        ) from None
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+
+
+def load_model(path: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer) for inference from a model dir, hub id or PEFT adapter dir; model in eval mode."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise DschatError(f"model directory {path!r} does not exist; pass the output dir of a training run")
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    base = _adapter_base(directory)
+    has_tokenizer = any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = load_tokenizer(path if has_tokenizer or base is None else base, trust_remote_code)
+    model = _from_pretrained(base or path, torch_dtype, trust_remote_code)
+    if base is not None:
+        logger.info("PEFT adapter %s on base model %s", path, base)
+        model = _apply_adapter(model, path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    logger.info("loaded %s device=%s dtype=%s", path, target, torch_dtype)
+    return model.to(target).eval(), tokenizer
+
+
+def max_context(model, tokenizer) -> int | None:
+    """The longest sequence the model takes: the smaller of its position limit and the tokenizer's, when sane."""
+    limits = [
+        getattr(model.config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
+    sane = [int(n) for n in limits if isinstance(n, (int, float)) and 0 < n < MAX_SANE_CONTEXT]
+    return min(sane) if sane else None
+
+
+def stop_token_ids(model, tokenizer, prompt_template: str) -> list[int]:
+    """EOS ids of the tokenizer and the model's generation config, plus a chat template's end-of-turn token."""
+    ids = [tokenizer.eos_token_id]
+    configured = model.generation_config.eos_token_id
+    ids += configured if isinstance(configured, list) else [configured]
+    if prompt_template == prompts.CHAT_TEMPLATE:
+        end_of_turn = prompts.chat_template_end_of_turn(tokenizer)
+        if end_of_turn is not None:
+            ids.append(tokenizer.convert_tokens_to_ids(end_of_turn))
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def cut_at_markers(text: str, markers: Sequence[str]) -> str:
+    """The text before the first stop marker (upstream cuts the answer at the next ``Human:`` turn)."""
+    cut = min((i for i in (text.find(m) for m in markers) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@dataclass
+class Generated:
+    """Answers of one batch, the tokens generated per row (padding excluded) and the wall time."""
+
+    texts: list[str]
+    new_tokens: list[int]
+    seconds: float
+
+
+def _count_new_tokens(rows: torch.Tensor, stop_ids: Sequence[int]) -> list[int]:
+    """Generated tokens per row up to and including the first stop token (later ones are padding)."""
+    is_stop = torch.isin(rows, torch.tensor(list(stop_ids), device=rows.device))
+    first = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1) + 1, rows.size(1))
+    return first.tolist()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate_batch(
+    model,
+    tokenizer,
+    prompt_texts: Sequence[str],
+    settings: GenerationSettings,
+    stop_ids: Sequence[int],
+    add_special_tokens: bool = True,
+    stop_strings: Sequence[str] = (),
+) -> Generated:
+    """Answer a batch of prompts (left padded, so every row continues right after its prompt)."""
+    tokenizer.padding_side = "left"
+    batch = tokenizer(
+        list(prompt_texts), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
+    )
+    batch = batch.to(model.device)
+    extra = dict(stop_strings=list(stop_strings), tokenizer=tokenizer) if stop_strings else {}
+    _sync(model.device)
+    start = time.perf_counter()
+    output = model.generate(
+        **batch, generation_config=settings.to_config(stop_ids, tokenizer.pad_token_id), **extra
+    )
+    _sync(model.device)
+    seconds = time.perf_counter() - start
+    new = output[:, batch["input_ids"].shape[1] :]
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    texts = [cut_at_markers(text, stop_strings).strip() for text in texts]
+    return Generated(texts, _count_new_tokens(new, stop_ids), seconds)
+
+
+class HoldBackStreamer(TextStreamer):
+    """Streams answer text but never a stop marker: text that might begin one is held until it cannot."""
+
+    def __init__(self, tokenizer, write: Callable[[str], None], markers: Sequence[str] = ()):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.write, self.markers = write, tuple(markers)
+        self.text, self.shown, self.stopped = "", 0, False
+
+    def _held(self) -> int:
+        """Length of the longest end of the text that is the start of a marker."""
+        return max(
+            (n for m in self.markers for n in range(1, len(m)) if self.text.endswith(m[:n])), default=0
+        )
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if self.stopped:
+            return
+        self.text += text
+        cut = cut_at_markers(self.text, self.markers)
+        self.stopped = len(cut) < len(self.text)
+        self.text = cut
+        safe = len(self.text) if self.stopped or stream_end else len(self.text) - self._held()
+        if safe > self.shown:
+            self.write(self.text[self.shown : safe])
+            self.shown = safe
+
+
+@torch.no_grad()
+def generate_streaming(
+    model,
+    tokenizer,
+    input_ids: list[int],
+    settings: GenerationSettings,
+    stop_ids: Sequence[int],
+    write: Callable[[str], None],
+    stop_strings: Sequence[str] = (),
+) -> str:
+    """Answer one prompt (token ids), writing the text as it is generated; returns the whole answer."""
+    streamer = HoldBackStreamer(tokenizer, write, stop_strings)
+    ids = torch.tensor([input_ids], device=model.device)
+    extra = dict(stop_strings=list(stop_strings), tokenizer=tokenizer) if stop_strings else {}
+    model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        generation_config=settings.to_config(stop_ids, tokenizer.pad_token_id),
+        streamer=streamer,
+        **extra,
+    )
+    return streamer.text.strip()

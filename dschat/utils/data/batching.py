@@ -1,0 +1,137 @@
+"""Faster batches with the same maths: length-grouped sampling and packing (several samples per row)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from dschat.utils.data.collate import IGNORE_INDEX, REAL_TOKENS
+from dschat.utils.data.tokenized import PromptDataset
+
+MEGABATCH_FACTOR = 50  # global batches per sorted megabatch: similar lengths, still well mixed
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """This rank's indices, drawn so every global batch holds samples of similar length.
+
+    Per epoch: a seeded permutation is cut into megabatches of ``MEGABATCH_FACTOR`` global batches, each sorted
+    by length; the global batches are shuffled, and each rank takes its ``batch_size`` slice of every one. Like
+    DistributedSampler, the data is padded (by repetition) to fill the last global batch.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, num_replicas: int, rank: int, seed: int = 0):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.num_replicas, self.rank, self.seed = batch_size, num_replicas, rank, seed
+        self.epoch = 0
+        self.global_batch = batch_size * num_replicas
+        self.num_global_batches = math.ceil(len(self.lengths) / self.global_batch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_global_batches * self.batch_size
+
+    def __iter__(self):
+        rng = np.random.RandomState(self.seed + self.epoch)
+        order = rng.permutation(len(self.lengths))
+        total = self.num_global_batches * self.global_batch
+        order = np.concatenate([order, order[: total - len(order)]]) if total > len(order) else order
+        mega = self.global_batch * MEGABATCH_FACTOR
+        chunks = [order[i : i + mega] for i in range(0, total, mega)]
+        order = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")] for c in chunks])
+        batches = order.reshape(self.num_global_batches, self.global_batch)
+        batches = batches[rng.permutation(self.num_global_batches)]
+        mine = batches[:, self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return iter(mine.reshape(-1).tolist())
+
+
+def pack_rows(lengths: np.ndarray, max_seq_len: int) -> list[list[int]]:
+    """Greedy packing in data order: consecutive samples share a row while they fit in ``max_seq_len``."""
+    rows, current, used = [], [], 0
+    for index, length in enumerate(lengths.tolist()):
+        if current and used + length > max_seq_len:
+            rows.append(current)
+            current, used = [], 0
+        current.append(index)
+        used += length
+    if current:
+        rows.append(current)
+    return rows
+
+
+class PackedDataset(Dataset):
+    """Rows of several concatenated samples; ``seq_lens`` keeps their boundaries for masks and positions."""
+
+    def __init__(self, dataset: PromptDataset, max_seq_len: int):
+        self.dataset = dataset
+        lengths = np.minimum(dataset.samples.lengths(), max_seq_len)
+        self.rows = pack_rows(lengths, max_seq_len)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        items = [self.dataset[i] for i in self.rows[index]]
+        return {
+            "input_ids": torch.cat([item["input_ids"] for item in items]),
+            "answer_mask": torch.cat([item["answer_mask"] for item in items]),
+            "seq_lens": torch.tensor([len(item["input_ids"]) for item in items]),
+        }
+
+
+class PackedCollator:
+    """Collate packed rows: positions restart per sample, attention never crosses a boundary.
+
+    With ``varlen_attention`` (flash-attention) only ``position_ids`` are passed and the model finds the
+    boundaries itself; otherwise a block-diagonal causal mask (4-D, additive) is built. The first token of
+    every sample carries no label, exactly as in an unpacked row, so per-sample losses are unchanged.
+    """
+
+    def __init__(self, pad_token_id: int, train_on_prompt: bool = True, varlen_attention: bool = False,
+                 mask_dtype: torch.dtype = torch.float32):  # fmt: skip
+        self.pad_token_id = pad_token_id
+        self.train_on_prompt = train_on_prompt
+        self.varlen_attention = varlen_attention
+        self.mask_dtype = mask_dtype
+
+    def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+        batch = len(rows)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((batch, width), dtype=torch.long)
+        allowed = torch.zeros((batch, 1, width, width), dtype=torch.bool)
+        for b, row in enumerate(rows):
+            start = 0
+            for length in row["seq_lens"].tolist():
+                end = start + length
+                ids = row["input_ids"][start:end]
+                input_ids[b, start:end] = ids
+                trained = (
+                    ids
+                    if self.train_on_prompt
+                    else ids.masked_fill(~row["answer_mask"][start:end], IGNORE_INDEX)
+                )
+                labels[b, start:end] = trained
+                labels[b, start] = IGNORE_INDEX  # no sample predicts the next sample's first token
+                position_ids[b, start:end] = torch.arange(length)
+                allowed[b, 0, start:end, start:end] = torch.ones(length, length, dtype=torch.bool).tril()
+                start = end
+            if start < width:  # padding attends to itself only, so no row of the mask is empty
+                position_ids[b, start:] = torch.arange(width - start)
+                allowed[b, 0, start:, start:] = torch.eye(width - start, dtype=torch.bool)
+        real = sum(int(row["seq_lens"].sum()) for row in rows)
+        out = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            REAL_TOKENS: torch.tensor(real),
+        }
+        if not self.varlen_attention:
+            mask = torch.zeros(allowed.shape, dtype=self.mask_dtype)
+            out["attention_mask"] = mask.masked_fill(~allowed, torch.finfo(self.mask_dtype).min)
+        return out

@@ -1,0 +1,205 @@
+"""Faster batching with the same maths: length grouping, packing, answer-only labels, padding choice."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from dschat.utils.data import data_utils, prompts
+from dschat.utils.data.batching import LengthGroupedSampler, PackedCollator, PackedDataset, pack_rows
+from dschat.utils.data.collate import IGNORE_INDEX, REAL_TOKENS, SFTCollator
+from dschat.utils.data.tokenized import PromptDataset, TokenizedSamples
+from dschat.utils.loaders import resolve_padding
+
+
+def random_samples(lengths, seed=0, vocab=300):
+    rng = np.random.RandomState(seed)
+    ids = [rng.randint(3, vocab, size=n).tolist() for n in lengths]
+    masks = [[0] * (n // 2) + [1] * (n - n // 2) for n in lengths]
+    return PromptDataset(TokenizedSamples.from_lists(ids, masks))
+
+
+# --- length grouping --------------------------------------------------------------------------------
+
+
+def test_length_grouped_sampler_covers_everything_and_groups_lengths():
+    lengths = np.random.RandomState(1).randint(5, 500, size=203)
+    world, batch = 2, 4
+    streams = [list(LengthGroupedSampler(lengths, batch, world, rank, seed=7)) for rank in range(world)]
+    assert all(len(s) == 26 * batch for s in streams)  # ceil(203 / 8) = 26 global batches
+    seen = set(streams[0]) | set(streams[1])
+    assert seen == set(range(203))
+    global_batches = [
+        streams[0][i : i + batch] + streams[1][i : i + batch] for i in range(0, len(streams[0]), batch)
+    ]
+    grouped_pad = np.mean([max(lengths[g]) * len(g) - lengths[g].sum() for g in global_batches])
+    rng = np.random.RandomState(0)
+    random_batches = [rng.permutation(203)[:8] for _ in range(26)]
+    random_pad = np.mean([max(lengths[g]) * len(g) - lengths[g].sum() for g in random_batches])
+    assert grouped_pad < random_pad / 3
+    assert streams[0] == list(LengthGroupedSampler(lengths, batch, world, 0, seed=7))  # seeded
+    sampler = LengthGroupedSampler(lengths, batch, world, 0, seed=7)
+    sampler.set_epoch(1)
+    assert list(sampler) != streams[0]
+
+
+# --- packing ----------------------------------------------------------------------------------------
+
+
+def test_pack_rows_fills_rows_in_order_without_overflow():
+    rows = pack_rows(np.array([5, 4, 3, 8, 1, 7]), max_seq_len=10)
+    assert rows == [[0, 1], [2], [3, 4], [5]]
+
+
+def per_sample_losses(logits, labels):
+    """Summed next-token loss per labelled token position, keyed by (row, position)."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, reduction="none", ignore_index=IGNORE_INDEX
+    )
+    return loss
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
+def test_packed_rows_give_the_same_per_sample_losses_as_unpacked(tiny_models, arch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], attn_implementation="eager").eval()
+    dataset = random_samples([7, 12, 5, 9, 15, 3], seed=2, vocab=290)
+    packed = PackedDataset(dataset, max_seq_len=24)
+    assert len(packed) < len(dataset)
+    batch = PackedCollator(pad_token_id=2)([packed[i] for i in range(len(packed))])
+    assert int(batch.pop(REAL_TOKENS)) == sum(len(dataset[i]["input_ids"]) for i in range(len(dataset)))
+    with torch.no_grad():
+        packed_loss = per_sample_losses(model(**batch).logits, batch["labels"])
+    packed_sums, row_of = [], 0
+    for r, row in enumerate(packed.rows):
+        start = 0
+        for index in row:
+            n = len(dataset[index]["input_ids"])
+            packed_sums.append(packed_loss[r, start : start + n - 1].sum().item())
+            start += n
+    unpacked = SFTCollator(2, 24, pad_to_max_len=False)([dataset[i] for i in range(len(dataset))])
+    unpacked.pop(REAL_TOKENS)
+    with torch.no_grad():
+        loss = per_sample_losses(model(**unpacked).logits, unpacked["labels"])
+    order = [i for row in packed.rows for i in row]
+    assert packed_sums == pytest.approx([loss[i].sum().item() for i in order], rel=1e-4, abs=1e-4)
+    # Token-mean over the whole batch is the same number in both layouts.
+    targets_packed = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    targets_unpacked = (unpacked["labels"][:, 1:] != IGNORE_INDEX).sum()
+    assert targets_packed == targets_unpacked
+    assert packed_loss.sum() / targets_packed == pytest.approx(
+        (loss.sum() / targets_unpacked).item(), rel=1e-4
+    )
+
+
+def test_packed_labels_skip_each_samples_first_token_and_can_be_answer_only():
+    dataset = random_samples([4, 6], seed=3)
+    row = PackedDataset(dataset, 16)[0]
+    batch = PackedCollator(0, train_on_prompt=False)([row])
+    labels = batch["labels"][0].tolist()
+    ids = row["input_ids"].tolist()
+    # sample 1: tokens 0-3, answer = last 2; sample 2: tokens 4-9, answer = last 3
+    assert labels == [
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+        ids[2],
+        ids[3],
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+        ids[7],
+        ids[8],
+        ids[9],
+    ]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5]
+    mask = batch["attention_mask"][0, 0] == 0
+    assert mask[5, 4] and not mask[5, 3] and not mask[2, 3]  # causal within a sample, nothing across
+
+
+# --- answer-only labels -----------------------------------------------------------------------------
+
+
+def labelled_text(tokenizer, dataset, index=0):
+    batch = SFTCollator(tokenizer.pad_token_id, 128, pad_to_max_len=False, train_on_prompt=False)(
+        [dataset[index]]
+    )
+    labels = batch["labels"][0]
+    return tokenizer.decode(labels[labels != IGNORE_INDEX])
+
+
+def build(tmp_path, tokenizer, rows, template):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows * 10))
+    train, _ = data_utils.create_prompt_dataset(
+        0,
+        [str(path)],
+        "10,0,0",
+        str(tmp_path / "cache"),
+        1,
+        1234,
+        tokenizer,
+        128,
+        tokenizer.eos_token,
+        prompt_template=template,
+        train_on_prompt=False,
+    )
+    return train
+
+
+def test_answer_only_labels_upstream_format_multi_turn(tmp_path, tiny_models):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["opt"])
+    tokenizer.pad_token = tokenizer.eos_token
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "hi there"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "what now?"},
+                {"role": "assistant", "content": "we rest"},
+            ]
+        }
+    ]
+    train = build(tmp_path, tokenizer, rows, prompts.UPSTREAM)
+    assert labelled_text(tokenizer, train) == " hello we rest</s>"
+
+
+def test_answer_only_labels_chat_template_multi_turn(tmp_path, tiny_models):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    tokenizer.pad_token = tokenizer.eos_token
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "bye"},
+                {"role": "assistant", "content": "see you"},
+            ]
+        }
+    ]
+    train = build(tmp_path, tokenizer, rows, prompts.CHAT_TEMPLATE)
+    assert labelled_text(tokenizer, train) == "hello<|im_end|>\nsee you<|im_end|>\n"
+
+
+# --- padding choice ---------------------------------------------------------------------------------
+
+
+def padding_args(**kw):
+    base = dict(pad_to_max_len=False, padding="auto", lora_dim=0, lora_dropout=0.0)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_auto_padding_is_dynamic_without_dropout_and_upstream_with_it(tiny_models):
+    opt = AutoModelForCausalLM.from_pretrained(tiny_models["opt"])  # OPT: dropout 0.1
+    llama = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])  # Llama: no dropout
+    assert resolve_padding(padding_args(), opt) == "max_length"
+    assert resolve_padding(padding_args(), llama) == "longest"
+    assert resolve_padding(padding_args(lora_dim=4, lora_dropout=0.1), llama) == "max_length"
+    assert resolve_padding(padding_args(pad_to_max_len=True), llama) == "max_length"
+    assert resolve_padding(padding_args(padding="longest"), opt) == "longest"
