@@ -75,7 +75,7 @@ def test_packed_rows_give_the_same_per_sample_losses_as_unpacked(tiny_models, ar
     assert int(batch.pop(REAL_TOKENS)) == sum(len(dataset[i]["input_ids"]) for i in range(len(dataset)))
     with torch.no_grad():
         packed_loss = per_sample_losses(model(**batch).logits, batch["labels"])
-    packed_sums, row_of = [], 0
+    packed_sums = []
     for r, row in enumerate(packed.rows):
         start = 0
         for index in row:
