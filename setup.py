@@ -21,6 +21,6 @@ setup(
     packages=find_packages(include=["dschat", "dschat.*"]),
     python_requires=">=3.10",
     install_requires=read_requirements(),
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"], "eval": ["sacrebleu>=2.3"]},
+    extras_require={"test": ["pytest>=7", "ruff>=0.5"], "eval": ["sacrebleu>=2.3", "peft>=0.13"]},
     entry_points={"console_scripts": ["dschat-prepare-data=dschat.prepare_data:main"]},
 )

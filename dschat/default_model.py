@@ -118,6 +118,9 @@ def default_model_dir(
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
     temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}-{os.getpid()}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    temp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished cache should look like any directory
     try:
         convert(gguf, temp)
         _replace(temp, target, gguf, force)
@@ -272,4 +275,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    # Run the imported module's main, so its logger is "dschat.default_model" (set up by setup_logging).
+    from dschat import default_model
+
+    sys.exit(run_cli(default_model.main))

@@ -8,8 +8,11 @@ model directory. Generation stops at EOS, at a chat template's end-of-turn token
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,7 +42,9 @@ class GenerationSettings:
     top_k: int = 50
     repetition_penalty: float = 1.0
 
-    def to_config(self, eos_token_ids: Sequence[int], pad_token_id: int | None) -> GenerationConfig:
+    def to_config(
+        self, eos_token_ids: Sequence[int], pad_token_id: int | None, stop_strings: Sequence[str] = ()
+    ) -> GenerationConfig:
         """A complete GenerationConfig, so a checkpoint's own sampling defaults cannot switch greedy off."""
         sampling = (
             dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
@@ -51,8 +56,67 @@ class GenerationSettings:
             repetition_penalty=self.repetition_penalty,
             eos_token_id=list(eos_token_ids),
             pad_token_id=pad_token_id,
+            stop_strings=list(stop_strings) or None,
             **sampling,
         )
+
+
+def add_generation_args(parser: argparse.ArgumentParser, seed: bool = True) -> None:
+    """Decoding and placement flags shared by the chat and evaluation CLIs (all dschat additions)."""
+    group = parser.add_argument_group("generation and device (dschat)")
+    group.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default); > 0 samples."
+    )
+    group.add_argument(
+        "--top_p", type=float, default=1.0, help="Nucleus sampling mass (with --temperature > 0)."
+    )
+    group.add_argument("--top_k", type=int, default=50, help="Sample among the k likeliest tokens; 0 = off.")
+    group.add_argument(
+        "--repetition_penalty", type=float, default=1.0, help="> 1 discourages repeats (1.0 = off)."
+    )
+    if seed:
+        group.add_argument(
+            "--seed", type=int, default=42, help="Seed for sampling (upstream's chatbot used 42)."
+        )
+    group.add_argument(
+        "--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1..."
+    )
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", *DTYPES),
+        help="Weights dtype; auto = fp32 on CPU, fp16 on GPU (upstream's chatbot used fp16).",
+    )
+    group.add_argument(
+        "--trust_remote_code", action="store_true", help="Allow model code from the model dir."
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> GenerationSettings:
+    """GenerationSettings from the flags of add_generation_args (and --max_new_tokens)."""
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+    )
+
+
+def validate_generation_args(args: argparse.Namespace) -> list[str]:
+    """Problems with the generation flags, for the caller's single DschatError."""
+    problems = []
+    if args.max_new_tokens < 1:
+        problems.append(f"--max_new_tokens {args.max_new_tokens} must be at least 1")
+    if args.temperature < 0:
+        problems.append(f"--temperature {args.temperature} must be >= 0 (0 = greedy)")
+    if not 0 < args.top_p <= 1:
+        problems.append(f"--top_p {args.top_p} must be in (0, 1]")
+    if args.top_k < 0:
+        problems.append(f"--top_k {args.top_k} must be >= 0 (0 = off)")
+    if args.repetition_penalty <= 0:
+        problems.append(f"--repetition_penalty {args.repetition_penalty} must be > 0")
+    return problems
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -86,6 +150,15 @@ def _adapter_base(path: Path) -> str | None:
             f"{config_path} has no base_model_name_or_path; set it to the base model's directory"
         )
     return base
+
+
+def read_model_run_info(path: str) -> dict:
+    """dschat_run.json of a model dir ({} if absent), without DeepSpeed's import banner reaching stdout."""
+    # dschat.utils.save imports deepspeed, whose logger is bound to sys.stdout when first imported; the chat
+    # CLI's stdout carries only answers, so that logger is bound to stderr instead.
+    with contextlib.redirect_stdout(sys.stderr):
+        from dschat.utils.save import read_run_info
+    return read_run_info(path)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -204,12 +277,11 @@ def generate_batch(
         list(prompt_texts), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
     )
     batch = batch.to(model.device)
-    extra = dict(stop_strings=list(stop_strings), tokenizer=tokenizer) if stop_strings else {}
+    config = settings.to_config(stop_ids, tokenizer.pad_token_id, stop_strings)
     _sync(model.device)
     start = time.perf_counter()
-    output = model.generate(
-        **batch, generation_config=settings.to_config(stop_ids, tokenizer.pad_token_id), **extra
-    )
+    # The tokenizer lets generate match stop strings against decoded text.
+    output = model.generate(**batch, generation_config=config, tokenizer=tokenizer)
     _sync(model.device)
     seconds = time.perf_counter() - start
     new = output[:, batch["input_ids"].shape[1] :]
@@ -236,6 +308,8 @@ class HoldBackStreamer(TextStreamer):
         if self.stopped:
             return
         self.text += text
+        if self.shown == 0:
+            self.text = self.text.lstrip()  # the answer's leading space belongs to the format
         cut = cut_at_markers(self.text, self.markers)
         self.stopped = len(cut) < len(self.text)
         self.text = cut
@@ -258,12 +332,11 @@ def generate_streaming(
     """Answer one prompt (token ids), writing the text as it is generated; returns the whole answer."""
     streamer = HoldBackStreamer(tokenizer, write, stop_strings)
     ids = torch.tensor([input_ids], device=model.device)
-    extra = dict(stop_strings=list(stop_strings), tokenizer=tokenizer) if stop_strings else {}
     model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
-        generation_config=settings.to_config(stop_ids, tokenizer.pad_token_id),
+        generation_config=settings.to_config(stop_ids, tokenizer.pad_token_id, stop_strings),
         streamer=streamer,
-        **extra,
+        tokenizer=tokenizer,
     )
     return streamer.text.strip()

@@ -177,6 +177,26 @@ def add_dschat_args(parser: argparse.ArgumentParser) -> None:
         help="Patch the model with Liger's fused kernels (GPU; needs the liger-kernel package).",
     )
     group.add_argument(
+        "--save_interval",
+        type=int,
+        default=0,
+        help="Write a DeepSpeed checkpoint (model, optimizer, scheduler, RNG, data position) to "
+        "<output_dir>/checkpoints every N optimizer updates (0: none; upstream has none).",
+    )
+    group.add_argument("--save_total_limit", type=int, default=2, help="Checkpoints to keep (0: all).")
+    group.add_argument(
+        "--resume", action="store_true", help="Continue from the latest checkpoint in --output_dir."
+    )
+    group.add_argument(
+        "--resume_from", type=str, default=None, help="Continue from this checkpoint directory."
+    )
+    group.add_argument(
+        "--max_bad_steps",
+        type=int,
+        default=0,
+        help="Skip up to N micro-steps whose loss is NaN/inf (0: stop at the first, keeping the last checkpoint).",
+    )
+    group.add_argument(
         "--dry_run",
         action="store_true",
         help="Check flags, paths and data, print the plan (batches, steps, ZeRO, memory estimate) "
@@ -214,6 +234,18 @@ def model_path_problem(path: str) -> str | None:
     return None
 
 
+def unwritable_dir_problem(path: str) -> str | None:
+    """Why ``path`` cannot be (created and) written as a directory, or None."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        return f"cannot be created: {probe!r} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"is not writable ({probe!r} denies write access)"
+    return None
+
+
 def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool, bf16_ok: bool) -> None:
     """Collect every cross-flag problem and raise them together as one DschatError."""
     problems = []
@@ -231,6 +263,13 @@ def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool
     for flag in ("max_steps", "eval_interval", "num_warmup_steps", "lora_dim"):
         if getattr(args, flag) < 0:
             problems.append(f"--{flag} {getattr(args, flag)}: must be 0 or more")
+    for flag in ("save_interval", "save_total_limit", "max_bad_steps"):
+        if getattr(args, flag) < 0:
+            problems.append(f"--{flag} {getattr(args, flag)}: must be 0 or more")
+    if (args.save_interval or args.resume) and not args.output_dir:
+        problems.append(
+            "--save_interval and --resume need --output_dir (checkpoints live in <output_dir>/checkpoints)"
+        )
     if args.max_seq_len < 2:
         problems.append(f"--max_seq_len {args.max_seq_len}: need at least 2 tokens (an input and a target)")
     if args.dtype == "fp16" and (accelerator_name == "cpu" or not fp16_ok):
@@ -262,8 +301,9 @@ def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool
         problems.append(str(err))
     if (problem := model_path_problem(args.model_name_or_path)) is not None:
         problems.append(problem)
-    if args.output_dir and os.path.exists(args.output_dir) and not os.access(args.output_dir, os.W_OK):
-        problems.append(f"--output_dir {args.output_dir!r} is not writable")
+    for flag in ("output_dir", "data_output_path"):
+        if getattr(args, flag) and (problem := unwritable_dir_problem(getattr(args, flag))):
+            problems.append(f"--{flag} {getattr(args, flag)!r} {problem}")
     if problems:
         raise DschatError("; ".join(problems))
 

@@ -16,7 +16,7 @@ from deepspeed.accelerator import get_accelerator
 from transformers import AutoModelForCausalLM
 
 from dschat.errors import run_cli
-from dschat.utils import dist, optim, save, train
+from dschat.utils import checkpoint, dist, optim, save, train
 from dschat.utils.data.data_utils import create_phase1_datasets
 from dschat.utils.loaders import create_dataloaders
 from dschat.utils.log import setup_logging
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     accel = get_accelerator()
     validate_args(args, accel.device_name(), accel.is_fp16_supported(), accel.is_bf16_supported())
+    resume_dir = checkpoint.resolve_resume_path(args)
     device = dist.init_distributed(args.local_rank)
     setup_logging()
     ds_config = train_ds_config(args, dist.get_world_size())
@@ -69,9 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     scheduler = optim.create_lr_scheduler(optimizer, args.lr_scheduler_type, args.num_warmup_steps, updates)
     engine = train.create_engine(model, optimizer, scheduler, ds_config, args)
+    state = checkpoint.start_state(engine, resume_dir, args)
 
-    train.train(engine, train_loader, eval_loader, args, model.config, device)
-
+    outcome = train.train(engine, train_loader, eval_loader, args, model.config, device, state, resume_dir)
+    if outcome == "interrupted":
+        logger.info("stopped cleanly; continue with the same command plus --resume")
+        return
     if args.output_dir:
         logger.info("saving the final model ...")
         save.fuse_lora(engine, args.zero_stage)

@@ -391,6 +391,9 @@ def _local_files_module():
     return local_files
 
 
+DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
 def get_raw_dataset(dataset_name: str, output_path: str, seed: int, local_rank: int) -> PromptRawDataset:
     """The adapter for one ``--data_path`` entry: local data files first, then upstream's substring dispatch."""
     local_files = _local_files_module()
@@ -400,6 +403,11 @@ def get_raw_dataset(dataset_name: str, output_path: str, seed: int, local_rank: 
         if match in dataset_name:
             logger.debug("--data_path %s -> %s", dataset_name, adapter.__name__)
             return adapter(output_path, seed, local_rank, dataset_name)
+    if dataset_name.lower().endswith(DATA_FILE_SUFFIXES) or dataset_name.startswith(("/", "./", "../", "~")):
+        raise DschatError(
+            f"--data_path {dataset_name!r} does not exist: check the path (relative paths start from the current "
+            f"directory, {os.getcwd()!r})"
+        )
     raise DschatError(
         f"unknown dataset {dataset_name!r}: known names are {', '.join(KNOWN_DATASETS)} (a path containing "
         "one of them is loaded with datasets.load_from_disk); or pass a local .json/.jsonl/.parquet file or directory"

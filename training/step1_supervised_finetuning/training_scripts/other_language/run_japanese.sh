@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# mGPT, full fine-tune on one node on four Japanese datasets (all data to step 1).
+#
+# Usage: bash run_japanese.sh [OUTPUT_DIR=./output] [ZERO_STAGE=2] [extra main.py flags...]
+# Extra flags are appended, so a repeated flag overrides the script's (e.g. --model_name_or_path DIR).
+# LAUNCHER_ARGS (env) adds deepspeed launcher options, e.g. LAUNCHER_ARGS="--master_port 29600".
+set -euo pipefail
+
+STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUTPUT="${1:-$STEP1_DIR/output}"
+ZERO_STAGE="${2:-2}"
+read -r -a LAUNCHER_OPTS <<< "${LAUNCHER_ARGS:-}"
+mkdir -p "$OUTPUT"
+OUTPUT="$(cd "$OUTPUT" && pwd)"  # absolute, because the run happens in the step-1 dir
+cd "$STEP1_DIR"
+
+DATASETS=(mkqa-Japanese Cohere/miracl-ja-queries-22-12 lmqg/qg_jaquad lmqg/qag_jaquad)
+
+deepspeed "${LAUNCHER_OPTS[@]}" main.py \
+    --data_path "${DATASETS[@]}" \
+    --data_split 10,0,0 \
+    --model_name_or_path sberbank-ai/mGPT \
+    --per_device_train_batch_size 8 \
+    --per_device_eval_batch_size 8 \
+    --max_seq_len 512 \
+    --learning_rate 9.65e-6 \
+    --weight_decay 0. \
+    --num_train_epochs 16 \
+    --gradient_accumulation_steps 1 \
+    --lr_scheduler_type cosine \
+    --num_warmup_steps 0 \
+    --seed 1234 \
+    --zero_stage "$ZERO_STAGE" \
+    --deepspeed \
+    --output_dir "$OUTPUT" \
+    "${@:3}" 2>&1 | tee "$OUTPUT/training.log"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# (dschat) Qwen2.5-0.5B-Instruct, full fine-tune on one GPU, bf16, chat template, 4 datasets.
+#
+# Usage: bash run_qwen2.5_0.5b.sh [OUTPUT_DIR=./output_step1_qwen2.5_0.5b] [ZERO_STAGE=2] [extra main.py flags...]
+# Extra flags are appended, so a repeated flag overrides the script's (e.g. --model_name_or_path DIR).
+# LAUNCHER_ARGS (env) adds deepspeed launcher options, e.g. LAUNCHER_ARGS="--master_port 29600".
+set -euo pipefail
+
+STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUTPUT="${1:-$STEP1_DIR/output_step1_qwen2.5_0.5b}"
+ZERO_STAGE="${2:-2}"
+read -r -a LAUNCHER_OPTS <<< "${LAUNCHER_ARGS:-}"
+mkdir -p "$OUTPUT"
+OUTPUT="$(cd "$OUTPUT" && pwd)"  # absolute, because the run happens in the step-1 dir
+cd "$STEP1_DIR"
+
+DATASETS=(Dahoas/rm-static Dahoas/full-hh-rlhf Dahoas/synthetic-instruct-gptj-pairwise yitingxie/rlhf-reward-datasets)
+
+deepspeed --num_gpus 1 "${LAUNCHER_OPTS[@]}" main.py \
+    --data_path "${DATASETS[@]}" \
+    --data_split 2,4,4 \
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --per_device_train_batch_size 8 \
+    --per_device_eval_batch_size 8 \
+    --max_seq_len 512 \
+    --learning_rate 1e-5 \
+    --weight_decay 0. \
+    --num_train_epochs 2 \
+    --gradient_accumulation_steps 4 \
+    --lr_scheduler_type cosine \
+    --num_warmup_steps 50 \
+    --seed 1234 \
+    --dtype bf16 \
+    --prompt_template chat_template \
+    --zero_stage "$ZERO_STAGE" \
+    --deepspeed \
+    --output_dir "$OUTPUT" \
+    "${@:3}" 2>&1 | tee "$OUTPUT/training.log"
