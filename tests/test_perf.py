@@ -96,7 +96,7 @@ def test_compute_throughput_rejects_non_positive_latency():
 
 def test_format_upstream_line_exact():
     assert format_upstream_line(opt_step()) == (
-        "Model Parameters: 1.316 B, Latency: 0.50s, TFLOPs: 32.82, Samples/sec: 16.00, Time/seq 0.06s, "
+        "Model Parameters: 1.316 B, Latency: 0.50s, TFLOPs: 65.64, Samples/sec: 16.00, Time/seq 0.06s, "
         "Batch Size: 8, Sequence Length: 512"
     )
     assert format_upstream_line(opt_step(num_params=0, latency_s=2.0, world_size=1)) == (

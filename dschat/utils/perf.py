@@ -121,12 +121,13 @@ def compute_throughput(
 
 
 def format_upstream_line(result: Throughput) -> str:
-    """Upstream's per-step line, character for character, with upstream's TFLOPs figure."""
+    """Upstream's per-step line, character for character, with the TFLOPs bug fixed: per device, not divided
+    by the world size a second time (``format_metrics`` also reports upstream's figure)."""
     billions = result.num_params / 1e9
     params = f"{billions:.3f} B" if billions != 0 else "NA"
     return (
         f"Model Parameters: {params}, Latency: {result.latency_s:.2f}s, "
-        f"TFLOPs: {result.upstream_tflops:.2f}, Samples/sec: {result.samples_per_second:.2f}, "
+        f"TFLOPs: {result.tflops:.2f}, Samples/sec: {result.samples_per_second:.2f}, "
         f"Time/seq {result.seconds_per_sample:.2f}s, Batch Size: {result.batch_size}, "
         f"Sequence Length: {result.seq_len}"
     )
