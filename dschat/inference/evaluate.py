@@ -29,7 +29,8 @@ from dschat.utils.data import prompts
 
 logger = logging.getLogger(__name__)
 
-Sample = tuple  # (prompt: str (one user message) | list of messages, reference answer: str)
+# (prompt: a string (one user message) or a list of messages, reference answer)
+Sample = tuple[str | list[dict], str]
 REPORT_KEYS = (
     "model",
     "prompt_template",
@@ -143,7 +144,13 @@ def generate_answers(
 
     texts = [prompts.generation_prompt(to_messages(p), prompt_template, tokenizer) for p, _ in samples]
     stop_ids = generation.stop_token_ids(model, tokenizer, prompt_template)
-    stop_strings = () if prompt_template == prompts.CHAT_TEMPLATE else (prompts.HUMAN,)
+    context = generation.max_context(model, tokenizer)
+    if context is not None and settings.max_new_tokens >= context:
+        raise DschatError(
+            f"--max_new_tokens {settings.max_new_tokens} leaves no room for a prompt in the model's "
+            f"{context}-token context; use a smaller value"
+        )
+    max_prompt_tokens = context - settings.max_new_tokens if context else None
     answers, new_tokens, seconds = [], [], 0.0
     with tqdm(total=len(texts), desc="generate", unit="sample", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(texts), batch_size):
@@ -154,7 +161,8 @@ def generate_answers(
                 settings,
                 stop_ids,
                 prompts.adds_special_tokens(prompt_template),
-                stop_strings,
+                prompts.stop_markers(prompt_template),
+                max_prompt_tokens,
             )
             answers += out.texts
             new_tokens += out.new_tokens
@@ -185,8 +193,11 @@ def evaluate_loaded(
     settings: generation.GenerationSettings | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    name: str | None = None,
 ) -> dict:
-    """The report of one loaded model (see REPORT_KEYS; ``model`` is left for the caller)."""
+    """The report of one loaded model, keys as REPORT_KEYS (``model`` is ``name``)."""
+    if not samples:
+        raise DschatError("no samples to evaluate")
     settings = settings or generation.GenerationSettings()
     context = generation.max_context(model, tokenizer)
     eos = tokenizer.eos_token if eos_token_appended and prompt_template == prompts.UPSTREAM else ""
@@ -197,7 +208,7 @@ def evaluate_loaded(
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in out["answers"]]
     rows = zip(out["prompts"], out["answers"], references)
     return {
-        "model": None,
+        "model": name,
         "prompt_template": prompt_template,
         "ppl": ppl,
         "bleu": bleu,
@@ -233,8 +244,8 @@ def evaluate_model(
         settings,
         batch_size,
         progress,
+        name=str(model_dir),
     )
-    report["model"] = str(model_dir)
     del model
     gc.collect()
     if torch.cuda.is_available():

@@ -47,7 +47,7 @@ class GenerationSettings:
     ) -> GenerationConfig:
         """A complete GenerationConfig, so a checkpoint's own sampling defaults cannot switch greedy off."""
         sampling = (
-            dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
+            dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
             if self.temperature > 0
             else dict(do_sample=False)
         )
@@ -193,7 +193,7 @@ def _apply_adapter(model, adapter_dir: str):
 
 
 def load_model(path: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
-    """(model, tokenizer) for inference from a model dir, hub id or PEFT adapter dir; model in eval mode."""
+    """(model, tokenizer) for inference from a model dir or a PEFT adapter dir; the model in eval mode."""
     directory = Path(path)
     if not directory.is_dir():
         raise DschatError(f"model directory {path!r} does not exist; pass the output dir of a training run")
@@ -270,13 +270,21 @@ def generate_batch(
     stop_ids: Sequence[int],
     add_special_tokens: bool = True,
     stop_strings: Sequence[str] = (),
+    max_prompt_tokens: int | None = None,
 ) -> Generated:
-    """Answer a batch of prompts (left padded, so every row continues right after its prompt)."""
-    tokenizer.padding_side = "left"
+    """Answer a batch of prompts (left padded, so every row continues right after its prompt).
+
+    Prompts longer than ``max_prompt_tokens`` lose their beginning (the question at the end is kept).
+    """
+    tokenizer.padding_side = tokenizer.truncation_side = "left"
+    truncation = dict(truncation=True, max_length=max_prompt_tokens) if max_prompt_tokens else {}
     batch = tokenizer(
-        list(prompt_texts), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
-    )
-    batch = batch.to(model.device)
+        list(prompt_texts),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=add_special_tokens,
+        **truncation,
+    ).to(model.device)
     config = settings.to_config(stop_ids, tokenizer.pad_token_id, stop_strings)
     _sync(model.device)
     start = time.perf_counter()

@@ -126,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--trust_remote_code", action="store_true", help="Allow remote code (models, Hub decoding)."
     )
-    return parser.parse_args(argv)  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -135,7 +135,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         problems.append(f"--max_new_tokens {args.max_new_tokens} must be at least 1")
     beams = args.num_beams if args.generation in ("beam", "beam_sample", "diverse_beam") else 1
-    if args.generation not in ("sample",) and args.num_return_sequences > beams:
+    if args.generation != "sample" and args.num_return_sequences > beams:
         problems.append(
             f"--num_return_sequences {args.num_return_sequences} needs at least as many beams "
             f"(--num_beams {args.num_beams}, --generation {args.generation}); sampling can return any number"
@@ -181,6 +181,24 @@ def read_prompts_file(path: str) -> list[str]:
     if not found:
         raise DschatError(f"{path}: no prompts found")
     return found
+
+
+def default_prompts(language: str) -> list[str]:
+    """Upstream's six prompts in ``language``."""
+    return [prompts.upstream_eval_prompt(question) for question in QUESTIONS[language]]
+
+
+def build_model(path: str, tokenizer, args: argparse.Namespace, device: torch.device):
+    """A model built as upstream (create_hf_model: vocab padded to a multiple of 8), in --dtype on --device."""
+    model = create_hf_model(
+        AutoModelForCausalLM,
+        path,
+        tokenizer,
+        None,
+        trust_remote_code=args.trust_remote_code,
+        dtype=DTYPES[args.dtype],
+    )
+    return model.to(device).eval()
 
 
 def generate_kwargs(args: argparse.Namespace) -> dict:
@@ -233,24 +251,19 @@ def main(argv: list[str] | None = None) -> None:
     validate_args(args)
     setup_logging()
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype]
     tokenizer = load_hf_tokenizer(
         args.model_name_or_path_baseline,
         fast_tokenizer=True,
         add_special_tokens=EOT_TOKEN if args.add_eot_token else None,
         trust_remote_code=args.trust_remote_code,
     )
-    models = [
-        create_hf_model(AutoModelForCausalLM, path, tokenizer, None, trust_remote_code=args.trust_remote_code, dtype=dtype)
-        .to(device)
-        .eval()
-        for path in (args.model_name_or_path_baseline, args.model_name_or_path_finetune)
-    ]  # fmt: skip
-    prompt_list = read_prompts_file(args.prompts_file) if args.prompts_file else [
-        prompts.upstream_eval_prompt(q) for q in QUESTIONS[args.language]
-    ]  # fmt: skip
+    baseline = build_model(args.model_name_or_path_baseline, tokenizer, args, device)
+    finetuned = build_model(args.model_name_or_path_finetune, tokenizer, args, device)
+    prompt_list = (
+        read_prompts_file(args.prompts_file) if args.prompts_file else default_prompts(args.language)
+    )
     torch.manual_seed(args.seed)
-    prompt_eval(args, *models, tokenizer, device, prompt_list)
+    prompt_eval(args, baseline, finetuned, tokenizer, device, prompt_list)
 
 
 if __name__ == "__main__":

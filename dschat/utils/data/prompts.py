@@ -175,6 +175,11 @@ def adds_special_tokens(prompt_template: str) -> bool:
     return prompt_template != CHAT_TEMPLATE
 
 
+def stop_markers(prompt_template: str) -> tuple[str, ...]:
+    """Text that ends an answer: upstream's formats have no end-of-turn token, a model goes on with ``Human:``."""
+    return () if prompt_template == CHAT_TEMPLATE else (HUMAN,)
+
+
 def upstream_eval_prompt(question: str) -> str:
     """Upstream prompt_eval.py's prompt: ``Human: <q> Assistant:`` (no leading, no trailing space)."""
     return upstream_prompt(question).lstrip()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # (dschat) LoRA fine-tune of the embedded SmolLM2-135M-Instruct on a CPU in a few minutes (2 cores):
-# one process, fp32, sequences of 256 tokens, batch 4, the tokenizer's chat template, 20 updates.
+# one process, fp32, sequences of up to 256 tokens, batch 4, the tokenizer's chat template, one epoch
+# (data/demo: ~90 updates of about a second each; pass --max_steps N for a shorter run).
 #
 # Usage: bash run_smollm2.sh [OUTPUT_DIR=./output_cpu_smollm2] [ZERO_STAGE=0] [MODEL_DIR] [extra main.py flags...]
 #   MODEL_DIR ($3 or env): the converted SmolLM2-135M-Instruct directory; when unset, the script asks
@@ -37,8 +38,7 @@ cd "$STEP1_DIR"
     --max_seq_len 256 \
     --learning_rate 5e-4 \
     --num_train_epochs 1 \
-    --max_steps 20 \
-    --log_interval 1 \
+    --log_interval 10 \
     --lora_dim 16 \
     --lora_alpha 32 \
     --lora_module_name "layers." \
