@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -147,6 +148,15 @@ def fake_env(tmp_path):
     return env
 
 
+@pytest.fixture
+def restore_dschat_logging():
+    """main.py's logging setup binds a handler to this test's captured stderr: put the old one back after."""
+    log = logging.getLogger("dschat")
+    saved = (log.handlers[:], log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved
+
+
 def run_script(script: Path, args: list[str], env: dict, cwd: Path, timeout: int = 600):
     return subprocess.run(
         ["bash", str(script), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
@@ -244,7 +254,7 @@ def test_multi_node_hostfile_default_and_overrides(tmp_path, fake_env):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_dry_run_plan_reflects_the_script(
-    name, tmp_path, fake_env, tiny_models, local_data, dist_env, capsys
+    name, tmp_path, fake_env, tiny_models, local_data, dist_env, capsys, restore_dschat_logging
 ):
     """The script's flags (plus the user overrides) go through main.py's --dry_run: accepted, and planned."""
     expected = EXPECTED[name]

@@ -407,3 +407,21 @@ def test_faster_batching_modes_train(tmp_path, tiny_models, data_files, dist_env
         assert len(rows) < 3 * 11  # fewer rows than samples
     if "false" in flags:
         assert all(row["loss_tokens"] < row["tokens"] / 2 for row in rows)
+
+
+def test_lora_run_saves_a_peft_adapter_that_matches_the_fused_model(tmp_path, tiny_models, data_files, dist_env):
+    peft = pytest.importorskip("peft")
+    run_main(tmp_path, tiny_models["llama"], data_files / "varied.jsonl", "--lora_dim", "4", "--lora_alpha", "8",
+             "--lora_module_name", "layers.", "--only_optimize_lora", "--lora_learning_rate", "1e-2",
+             "--max_steps", "3", "--save_lora_adapter")
+    out = tmp_path / "out"
+    fused = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    base.resize_token_embeddings(fused.config.vocab_size)  # training padded the vocabulary to a multiple of 8
+    base.load_state_dict({k: v for k, v in fused.state_dict().items() if "proj" not in k}, strict=False)
+    adapted = peft.PeftModel.from_pretrained(base, out / "lora_adapter").eval()
+    ids = torch.tensor([[1, 5, 9, 30, 2]])
+    with torch.no_grad():
+        assert torch.allclose(adapted(ids).logits, fused(ids).logits, atol=1e-5)
+        with adapted.disable_adapter():  # the adapter is what carries the fine-tuning
+            assert not torch.allclose(adapted(ids).logits, fused(ids).logits, atol=1e-4)

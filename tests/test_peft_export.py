@@ -47,19 +47,6 @@ def logits(model):
         return model(IDS).logits
 
 
-@pytest.fixture
-def captured(caplog):
-    """Records from the exporter's logger, even when dschat's logging setup stopped propagation."""
-    log = logging.getLogger(peft_export.__name__)
-    attach = not logging.getLogger("dschat").propagate  # else caplog's root handler already sees them
-    if attach:
-        log.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO)
-    yield caplog
-    if attach:
-        log.removeHandler(caplog.handler)
-
-
 def test_peft_loads_the_adapter_and_reproduces_the_unfused_and_merged_model(tmp_path, tiny_models):
     model = lora_model(tiny_models["llama"])
     ours = logits(model)
@@ -126,11 +113,15 @@ def test_gather_factory_wraps_every_layer_and_only_rank0_writes(tmp_path, tiny_m
     assert all(p[0] is m.lora_right_weight for p, m in zip(gathered, lora_modules(model)))
 
 
-def test_warns_when_non_lora_parameters_were_trained(tmp_path, tiny_models, captured):
+def test_warns_when_non_lora_parameters_were_trained(tmp_path, tiny_models, caplog):
     model = lora_model(tiny_models["llama"])
     model.lm_head.weight.requires_grad = True
     save_peft_adapter(model, tmp_path, "base", ALPHA, RANK, 0.0)
-    warnings = [r.getMessage() for r in captured.records if r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == peft_export.__name__
+    ]
     assert (
         len(warnings) == 1
         and "1 non-LoRA parameters were trained" in warnings[0]
@@ -153,7 +144,7 @@ def test_refuses_fused_layers_wrong_hyperparameters_and_models_without_lora(tmp_
 def test_zero3_engine_export_gathers_the_partitioned_matrices(tmp_path, tiny_models, dist_env):
     import deepspeed
 
-    from dschat.utils.save import _zero3_gather
+    from dschat.utils.save import zero3_gather
 
     model = lora_model(tiny_models["llama"])
     expected = logits(model)
@@ -165,7 +156,7 @@ def test_zero3_engine_export_gathers_the_partitioned_matrices(tmp_path, tiny_mod
     engine, *_ = deepspeed.initialize(model=model, config=config, model_parameters=model.parameters())
     assert engine.module.model.layers[0].self_attn.q_proj.lora_left_weight.numel() == 0  # partitioned
 
-    save_peft_adapter(engine, tmp_path, str(tiny_models["llama"]), ALPHA, RANK, 0.1, gather=_zero3_gather)
+    save_peft_adapter(engine, tmp_path, str(tiny_models["llama"]), ALPHA, RANK, 0.1, gather=zero3_gather)
 
     peft_model = peft.PeftModel.from_pretrained(load(tiny_models["llama"]), tmp_path / "lora_adapter").eval()
     assert torch.allclose(logits(peft_model), expected, atol=1e-5)

@@ -80,7 +80,7 @@ def _cpu_copy(tensor: Any, zero_stage: int, is_writer: bool) -> Any:
     return tensor.detach().to("cpu")
 
 
-def _zero3_gather(params: list[nn.Parameter]):
+def zero3_gather(params: list[nn.Parameter]):
     """Gather partitioned parameters for a rank-0 modification that is re-partitioned on exit."""
     return deepspeed.zero.GatheredParameters(params, modifier_rank=0, enabled=hasattr(params[0], "ds_id"))
 
@@ -89,7 +89,7 @@ def fuse_lora(model: nn.Module, zero_stage: int) -> None:
     """Fold LoRA into the base weights before saving (upstream fuses right before its save too)."""
     module = unwrap_model(model)
     if lora_modules(module):
-        convert_lora_to_linear_layer(module, _zero3_gather if zero_stage == 3 else None)
+        convert_lora_to_linear_layer(module, zero3_gather if zero_stage == 3 else None)
 
 
 def save_hf_format(

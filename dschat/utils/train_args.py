@@ -177,6 +177,12 @@ def add_dschat_args(parser: argparse.ArgumentParser) -> None:
         help="Patch the model with Liger's fused kernels (GPU; needs the liger-kernel package).",
     )
     group.add_argument(
+        "--save_lora_adapter",
+        action="store_true",
+        help="Also write <output_dir>/lora_adapter/ in PEFT's LoRA format (adapter_config.json + "
+        "adapter_model.safetensors) for peft.PeftModel.from_pretrained(base, dir). Needs --lora_dim > 0.",
+    )
+    group.add_argument(
         "--save_interval",
         type=int,
         default=0,
@@ -266,6 +272,8 @@ def validate_args(args: argparse.Namespace, accelerator_name: str, fp16_ok: bool
     for flag in ("save_interval", "save_total_limit", "max_bad_steps"):
         if getattr(args, flag) < 0:
             problems.append(f"--{flag} {getattr(args, flag)}: must be 0 or more")
+    if args.save_lora_adapter and (args.lora_dim <= 0 or not args.output_dir):
+        problems.append("--save_lora_adapter needs --lora_dim > 0 and --output_dir")
     if (args.save_interval or args.resume) and not args.output_dir:
         problems.append(
             "--save_interval and --resume need --output_dir (checkpoints live in <output_dir>/checkpoints)"
