@@ -55,7 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--dtype", default="fp32", help="fp32 on CPU; bf16 on a GPU.")
     parser.add_argument("--output", default=str(ROOT / "bench" / "RESULTS.md"))
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_known_args(argv)
 
 
@@ -159,9 +158,9 @@ def count_params(model: str) -> int:
 
 
 def main() -> None:
-    args, rest = parse_args()
-    if args.worker:
-        run_worker(rest)
+    if sys.argv[1:2] == ["--worker"]:  # main.py's flags follow, untouched by this script's parser
+        run_worker(sys.argv[2:])
+    args, _ = parse_args()
     if args.model is None:
         from dschat.default_model import default_model_dir
 
@@ -189,7 +188,7 @@ def format_report(args, results: list[dict], peak: float, params: int) -> str:
         "",
         f"Measured {time.strftime('%Y-%m-%d')} by `python bench/bench_batching.py` on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, {args.threads} torch threads, dtype {args.dtype}.",
-        f"Model `{args.model}` ({params / 1e6:.1f}M parameters), micro-batch {args.batch_size}, "
+        f"Model `{Path(args.model).name}` ({params / 1e6:.1f}M parameters), micro-batch {args.batch_size}, "
         f"max_seq_len {args.max_seq_len}, {args.steps} measured steps per run after one warm-up step, seed 1234, "
         f"dropout 0. Matmul peak measured in the same run: {peak / 1e9:.1f} GFLOP/s (fp32).",
         "",

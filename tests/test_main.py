@@ -409,11 +409,27 @@ def test_faster_batching_modes_train(tmp_path, tiny_models, data_files, dist_env
         assert all(row["loss_tokens"] < row["tokens"] / 2 for row in rows)
 
 
-def test_lora_run_saves_a_peft_adapter_that_matches_the_fused_model(tmp_path, tiny_models, data_files, dist_env):
+def test_lora_run_saves_a_peft_adapter_that_matches_the_fused_model(
+    tmp_path, tiny_models, data_files, dist_env
+):
     peft = pytest.importorskip("peft")
-    run_main(tmp_path, tiny_models["llama"], data_files / "varied.jsonl", "--lora_dim", "4", "--lora_alpha", "8",
-             "--lora_module_name", "layers.", "--only_optimize_lora", "--lora_learning_rate", "1e-2",
-             "--max_steps", "3", "--save_lora_adapter")
+    run_main(
+        tmp_path,
+        tiny_models["llama"],
+        data_files / "varied.jsonl",
+        "--lora_dim",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--lora_module_name",
+        "layers.",
+        "--only_optimize_lora",
+        "--lora_learning_rate",
+        "1e-2",
+        "--max_steps",
+        "3",
+        "--save_lora_adapter",
+    )
     out = tmp_path / "out"
     fused = AutoModelForCausalLM.from_pretrained(out).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
@@ -425,3 +441,18 @@ def test_lora_run_saves_a_peft_adapter_that_matches_the_fused_model(tmp_path, ti
         assert torch.allclose(adapted(ids).logits, fused(ids).logits, atol=1e-5)
         with adapted.disable_adapter():  # the adapter is what carries the fine-tuning
             assert not torch.allclose(adapted(ids).logits, fused(ids).logits, atol=1e-4)
+
+
+def test_tensorboard_logs_land_under_the_given_path(tmp_path, tiny_models, data_files, dist_env):
+    run_main(
+        tmp_path,
+        tiny_models["opt"],
+        data_files / "varied.jsonl",
+        "--max_steps",
+        "2",
+        "--enable_tensorboard",
+        "--tensorboard_path",
+        str(tmp_path / "tb"),
+    )
+    events = list((tmp_path / "tb" / "ds_tensorboard_logs").rglob("events.out.tfevents.*"))
+    assert events and "step1_model_tensorboard" in str(events[0])
