@@ -1,0 +1,80 @@
+"""The tokenised-data cache: its key (upstream's fields plus what upstream forgot), a lock, safe loading."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import zipfile
+
+from dschat.utils.data.tokenized import TokenizedSamples
+
+DATA_FORMAT_VERSION = 1
+
+
+def local_files_fingerprint(data_paths: list[str]) -> str:
+    """Sizes and modification times of local data files, so edited files invalidate the cache."""
+    entries = []
+    for path in data_paths:
+        if os.path.isfile(path):
+            found = [path]
+        elif os.path.isdir(path):
+            found = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files)
+        else:
+            continue
+        for name in found:
+            info = os.stat(name)
+            entries.append(f"{os.path.abspath(name)}:{info.st_size}:{info.st_mtime_ns}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Identity of the tokenizer's behaviour: its full backend definition, or vocab and specials."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    text += repr(tokenizer.all_special_tokens) + type(tokenizer).__name__
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_key(
+    data_path,
+    data_split,
+    train_phase,
+    seed,
+    tokenizer,
+    max_seq_len,
+    sft_only_data_path,
+    end_of_conversation_token,
+    prompt_template,
+    data_weights,
+) -> str:
+    """Upstream's key fields plus what upstream forgot: tokenizer identity, EOS text, template, files, version."""
+    name = tokenizer.init_kwargs.get("name_or_path", tokenizer.name_or_path).replace("/", "_")
+    key = (
+        f"{'_'.join(data_path)}_split{data_split}_phase{train_phase}_seed{seed}_tokenizer{name}"
+        f"_seqlen{max_seq_len}_sft{'_'.join(sft_only_data_path)}"
+        f"_eot{end_of_conversation_token}_template{prompt_template}_weights{data_weights}"
+        f"_tok{tokenizer_fingerprint(tokenizer)}_files{local_files_fingerprint(data_path + sft_only_data_path)}"
+        f"_format{DATA_FORMAT_VERSION}"
+    ).replace("/", "_")
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def file_lock(path: str):
+    """An exclusive lock file, so writers on a shared filesystem take turns."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def load_cached(paths: list[str]):
+    """Both cached splits, or None when either is missing or unreadable (a torn or foreign file)."""
+    try:
+        return [TokenizedSamples.load(path) for path in paths]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
