@@ -19,6 +19,7 @@ from torch import nn
 from dschat.errors import DschatError
 from dschat.utils.log import global_rank
 from dschat.utils.module.lora import convert_lora_to_linear_layer, lora_modules
+from dschat.utils.module.peft_export import save_peft_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -199,3 +200,14 @@ def read_run_info(model_dir: str | os.PathLike) -> dict:
             f"{path} is not valid JSON ({err}); restore it from the training run or delete it to load the model "
             "without dschat run info"
         ) from err
+
+
+def save_final_model(engine, tokenizer, args, run_info: dict) -> None:
+    """The end of a run: the PEFT adapter if asked (before fusing), LoRA fused, then the HF model."""
+    gather = zero3_gather if args.zero_stage == 3 else None
+    if args.save_lora_adapter:
+        save_peft_adapter(engine, args.output_dir, args.model_name_or_path, args.lora_alpha, args.lora_dim,
+                          args.lora_dropout, gather=gather)  # fmt: skip
+    fuse_lora(engine, args.zero_stage)
+    save_hf_format(engine, tokenizer, args.output_dir, args.zero_stage,
+                   safe_serialization=args.save_format == "safetensors", run_info=run_info)  # fmt: skip

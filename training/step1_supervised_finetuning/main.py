@@ -27,7 +27,6 @@ from dschat.utils.model.model_utils import (
     load_hf_tokenizer,
 )
 from dschat.utils.module.lora import apply_lora
-from dschat.utils.module.peft_export import save_peft_adapter
 from dschat.utils.plan import log_plan
 from dschat.utils.seed import set_random_seed
 from dschat.utils.train_args import parse_args, run_info, train_ds_config, validate_args
@@ -79,15 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.output_dir:
         logger.info("saving the final model ...")
-        if args.save_lora_adapter:
-            gather = save.zero3_gather if args.zero_stage == 3 else None
-            save_peft_adapter(engine, args.output_dir, args.model_name_or_path, args.lora_alpha, args.lora_dim,
-                              args.lora_dropout, gather=gather)  # fmt: skip
-        save.fuse_lora(engine, args.zero_stage)
-        save.save_hf_format(
-            engine, tokenizer, args.output_dir, args.zero_stage,
-            safe_serialization=args.save_format == "safetensors", run_info=run_info(args),
-        )  # fmt: skip
+        save.save_final_model(engine, tokenizer, args, run_info(args))
 
 
 if __name__ == "__main__":
