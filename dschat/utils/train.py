@@ -207,14 +207,85 @@ def nonfinite_loss(state, args, epoch: int, step: int) -> None:
     )
 
 
+@dataclass
+class Loop:
+    """What every step of a run needs: the engine, flags, where metrics go, the stop request."""
+
+    engine: object
+    args: object
+    device: torch.device
+    eval_loader: object
+    metrics: MetricsWriter
+    stop: StopRequest
+    dims: tuple[int, int, int]
+    num_params: int
+
+
+def micro_step(loop: Loop, state, batch, epoch: int, step: int) -> tuple[bool, bool, float, float]:
+    """Forward, one agreement across ranks, backward and step (a bad loss is skipped or stops the run),
+    bookkeeping. Returns (stop requested, this was an optimizer update, rank-mean loss, learning rate)."""
+    engine, args = loop.engine, loop.args
+    start = time.time()
+    batch, real_tokens = to_device(batch, loop.device)
+    lr = engine.get_lr()[0]  # the rate this step's update uses
+    loss = engine(**batch, use_cache=False).loss
+    if args.print_loss:
+        print(f"Epoch: {epoch}, Step: {step}, Rank: {dist.get_rank()}, loss = {loss}", flush=True)
+    mean_loss, bad, stopping = agree(loss, loop.stop.requested)
+    if bad:
+        nonfinite_loss(state, args, epoch, step)
+    else:
+        engine.backward(loss)
+        engine.step()
+    seconds = time.time() - start
+    boundary = engine.global_steps != state.update_step
+    state.micro_step += 1
+    state.step_in_epoch = step + 1
+    state.tokens_seen += real_tokens
+    state.update_step = engine.global_steps
+    loop.metrics.write(epoch=epoch, step=state.micro_step, update_step=state.update_step, loss=mean_loss, lr=lr,
+                       tokens=real_tokens, loss_tokens=count_targets(batch["labels"]),
+                       padded_tokens=batch["input_ids"].numel(), tokens_seen=state.tokens_seen,
+                       time=round(seconds, 6))  # fmt: skip
+    if dist.get_rank() == 0 and state.micro_step % args.log_interval == 0:
+        log_throughput(
+            args, batch, seconds, real_tokens, loop.dims, loop.num_params, state.micro_step, mean_loss, lr
+        )
+    return stopping, boundary, mean_loss, lr
+
+
+def train_epoch(loop: Loop, state, train_loader, resume_dir: str | None, epoch: int) -> str:
+    """Every remaining micro-batch of one epoch; returns "done", "max_steps" or "interrupted"."""
+    args, engine = loop.args, loop.engine
+    if args.shuffle_each_epoch:
+        train_loader.sampler.set_epoch(epoch)
+    engine.train()
+    batches, first = epoch_loader(train_loader, state, resume_dir, epoch)
+    state.epoch, state.step_in_epoch = epoch, first
+    bar = tqdm(batches, total=len(train_loader), initial=first, desc=f"epoch {epoch + 1}/{args.num_train_epochs}",
+               disable=dist.get_rank() != 0, dynamic_ncols=True)  # fmt: skip
+    for step, batch in enumerate(bar, start=first):
+        stopping, boundary, loss, lr = micro_step(loop, state, batch, epoch, step)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if args.eval_interval and state.micro_step % args.eval_interval == 0:
+            log_eval(evaluate(engine, loop.eval_loader, loop.device), epoch + 1, args.num_train_epochs)
+            engine.train()
+        periodic = args.save_interval and state.update_step % args.save_interval == 0
+        if boundary and args.output_dir and (stopping or periodic):
+            checkpoint.save_checkpoint(engine, args.output_dir, state, args.save_total_limit)
+        if stopping and boundary:
+            return "interrupted"
+        if args.max_steps and state.update_step >= args.max_steps:
+            return "max_steps"
+    return "done"
+
+
 def train(engine, train_loader, eval_loader, args, model_config, device, state, resume_dir=None) -> str:
     """Upstream's loop (eval before training, then per epoch train every micro-batch and eval again), plus
     checkpoints, exact resume, clean stops and a NaN guard. Returns "done", "max_steps" or "interrupted"."""
-    rank = dist.get_rank()
     metrics = MetricsWriter(args.output_dir, keep_steps=state.micro_step if resume_dir else None)
-    stop = StopRequest()
-    layers, hidden, vocab = perf.get_hf_configs(model_config)
-    num_params = perf.count_parameters(engine.module)
+    loop = Loop(engine, args, device, eval_loader, metrics, StopRequest(), perf.get_hf_configs(model_config),
+                perf.count_parameters(engine.module))  # fmt: skip
     logger.info("***** Running training *****")
     if resume_dir is None:
         logger.info("***** Evaluating perplexity, Epoch 0/%d *****", args.num_train_epochs)
@@ -223,55 +294,7 @@ def train(engine, train_loader, eval_loader, args, model_config, device, state, 
     for epoch in range(state.epoch, args.num_train_epochs):
         logger.info("Beginning of Epoch %d/%d, Total Micro Batches %d", epoch + 1, args.num_train_epochs,
                     len(train_loader))  # fmt: skip
-        if args.shuffle_each_epoch:
-            train_loader.sampler.set_epoch(epoch)
-        engine.train()
-        batches, first = epoch_loader(train_loader, state, resume_dir, epoch)
-        state.epoch, state.step_in_epoch = epoch, first
-        bar = tqdm(batches, total=len(train_loader), initial=first, desc=f"epoch {epoch + 1}/{args.num_train_epochs}",
-                   disable=rank != 0, dynamic_ncols=True)  # fmt: skip
-        for step, batch in enumerate(bar, start=first):
-            start = time.time()
-            batch, real_tokens = to_device(batch, device)
-            lr = engine.get_lr()[0]  # the rate this step's update uses
-            loss = engine(**batch, use_cache=False).loss
-            if args.print_loss:
-                print(f"Epoch: {epoch}, Step: {step}, Rank: {rank}, loss = {loss}", flush=True)
-            mean_loss, bad, stopping = agree(loss, stop.requested)
-            if bad:
-                nonfinite_loss(state, args, epoch, step)
-            else:
-                engine.backward(loss)
-                engine.step()
-            seconds = time.time() - start
-            boundary = engine.global_steps != state.update_step
-            state.micro_step += 1
-            state.step_in_epoch = step + 1
-            state.tokens_seen += real_tokens
-            state.update_step = engine.global_steps
-            metrics.write(epoch=epoch, step=state.micro_step, update_step=state.update_step, loss=mean_loss, lr=lr,
-                          tokens=real_tokens, loss_tokens=count_targets(batch["labels"]),
-                          padded_tokens=batch["input_ids"].numel(), tokens_seen=state.tokens_seen,
-                          time=round(seconds, 6))  # fmt: skip
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-            if rank == 0 and state.micro_step % args.log_interval == 0:
-                log_throughput(args, batch, seconds, real_tokens, (layers, hidden, vocab), num_params,
-                               state.micro_step, mean_loss, lr)  # fmt: skip
-            if args.eval_interval and state.micro_step % args.eval_interval == 0:
-                log_eval(evaluate(engine, eval_loader, device), epoch + 1, args.num_train_epochs)
-                engine.train()
-            if (
-                boundary
-                and args.output_dir
-                and (stopping or (args.save_interval and state.update_step % args.save_interval == 0))
-            ):
-                checkpoint.save_checkpoint(engine, args.output_dir, state, args.save_total_limit)
-            if stopping and boundary:
-                outcome = "interrupted"
-                break
-            if args.max_steps and state.update_step >= args.max_steps:
-                outcome = "max_steps"
-                break
+        outcome = train_epoch(loop, state, train_loader, resume_dir, epoch)
         if outcome == "interrupted":
             break
         state.step_in_epoch = len(train_loader)
@@ -282,7 +305,7 @@ def train(engine, train_loader, eval_loader, args, model_config, device, state, 
             logger.info("stopping after max_steps=%d optimizer updates", args.max_steps)
             break
         state.epoch, state.step_in_epoch = epoch + 1, 0
-    stop.restore()
+    loop.stop.restore()
     metrics.close()
     return outcome
 
