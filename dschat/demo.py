@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from dschat.errors import DschatError, run_cli
+from dschat.utils.dist import LAUNCHER_VARS
 from dschat.utils.log import setup_logging
 
 logger = logging.getLogger("dschat.demo")
@@ -36,7 +37,6 @@ TRAIN_FLAGS = ["--num_train_epochs", "2", "--max_steps", "0", "--lora_learning_r
                "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--log_interval", "10",
                "--lr_scheduler_type", "cosine", "--num_warmup_steps", "5"]  # fmt: skip
 SHOW_SAMPLES = 4
-LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
 WRAP = 44
 
 
@@ -97,7 +97,9 @@ def model_is_complete(model_dir: Path) -> bool:
 
 def fine_tune(base_dir: Path, model_dir: Path, args) -> float:
     """Run the CPU launcher script (main.py through DeepSpeed); its output streams to the console."""
-    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_ENV}  # a fresh one-rank run
+    env = {
+        key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS
+    }  # a fresh one-rank run
     env.update(MODEL_DIR=str(base_dir), DATA=args.data_path, PYTHON=sys.executable,
                OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")  # fmt: skip
     command = ["bash", str(TRAIN_SCRIPT), str(model_dir), "0", str(base_dir), *TRAIN_FLAGS,

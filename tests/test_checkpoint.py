@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from dschat.errors import run_cli
 from dschat.utils import checkpoint
+from dschat.utils.dist import LAUNCHER_VARS
 
 MAIN = Path(__file__).resolve().parents[1] / "training" / "step1_supervised_finetuning" / "main.py"
 
@@ -75,7 +76,7 @@ def step1_main():
 
 def subprocess_env():
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for key in LAUNCHER_VARS:
         env.pop(key, None)
     return env
 

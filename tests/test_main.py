@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dschat.errors import run_cli
+from dschat.utils.dist import LAUNCHER_VARS
 
 STEP1 = Path(__file__).resolve().parents[1] / "training" / "step1_supervised_finetuning"
 spec = importlib.util.spec_from_file_location("step1_main", STEP1 / "main.py")
@@ -274,7 +275,7 @@ def test_two_cpu_ranks_through_the_deepspeed_launcher_match_one_rank(
         output="one",
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    for key in LAUNCHER_VARS:
         env.pop(key, None)
     cmd = [
         str(Path(sys.executable).parent / "deepspeed"),

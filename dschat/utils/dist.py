@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import torch
 import torch.distributed as dist
 
@@ -47,12 +50,11 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # all set: a launcher started us
+LAUNCHER_VARS = LAUNCHER_ENV + ("LOCAL_RANK", "LOCAL_SIZE")  # everything a launcher sets for a rank
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -64,8 +66,6 @@ def init_distributed(local_rank: int) -> torch.device:
     Returns this rank's device. Upstream crashed without the launcher; here a plain start behaves as a
     launcher run with one rank (same sampler, same maths).
     """
-    import os
-
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
