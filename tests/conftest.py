@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -16,6 +17,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import tiny  # noqa: E402
+
+SHM_BUFFERS = "/dev/shm/deepspeed_allreduce_buffer_*"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_shm_buffers():
+    """DeepSpeed's CPU comm leaves a ~70 MB /dev/shm file per process; remove what this session's runs left
+    (killed subprocesses cannot clean up after themselves)."""
+    import glob
+
+    before = set(glob.glob(SHM_BUFFERS))
+    yield
+    for path in set(glob.glob(SHM_BUFFERS)) - before:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 @pytest.fixture(scope="session")
