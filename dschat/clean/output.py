@@ -1,0 +1,73 @@
+"""Cleaned records as messages JSON lines, written to a temporary name and renamed when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dschat.errors import DschatError
+
+TRAIN_FILE, EVAL_FILE = "train.jsonl", "eval.jsonl"
+OWN_FILES = (TRAIN_FILE, EVAL_FILE, "clean_report.json")
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden temporary sibling of ``path`` naming this process."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+class AtomicJsonl:
+    """``{"messages": [...]}`` lines to ``path``: visible under that name only once ``commit`` ran."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.temp = temp_name(path)
+        self.handle = open(self.temp, "w", encoding="utf-8")
+        self.count = 0
+
+    def write(self, messages: list[dict]) -> None:
+        self.handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def commit(self) -> None:
+        """Flush, sync and rename into place."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.temp, self.path)
+
+    def abort(self) -> None:
+        """Remove the temporary file (after an error, or when there is nothing to write)."""
+        self.handle.close()
+        self.temp.unlink(missing_ok=True)
+
+
+def check_output_dir(output_dir: str, input_paths: list[str]) -> Path:
+    """Create the output directory; refuse one that holds input files or other data files main.py would read."""
+    directory = Path(output_dir)
+    if directory.exists() and not directory.is_dir():
+        raise DschatError(
+            f"--output_dir {output_dir!r} is a file. Fix: pass a directory (it is created if missing)."
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    inputs = {Path(p).resolve() for p in input_paths if Path(p).exists()}
+    for name in OWN_FILES[:2]:
+        target = (directory / name).resolve()
+        if target in inputs or target.parent in inputs:
+            raise DschatError(
+                f"--output_dir {output_dir!r} would overwrite the input {target}. Fix: write to another directory "
+                "(input files are never modified)."
+            )
+    others = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.suffix.lower() in DATA_SUFFIXES and p.name not in OWN_FILES and not p.name.startswith(".")
+    )
+    if others:
+        raise DschatError(
+            f"--output_dir {output_dir!r} already holds data files {others}: main.py would read them with the "
+            "cleaned ones. Fix: choose an empty directory or move them."
+        )
+    return directory
