@@ -1,4 +1,4 @@
-"""``python -m dschat.clean``: clean any ``--data_path`` into ``train.jsonl`` + ``eval.jsonl`` and a report.
+"""``python -m dschat.clean``: clean any ``--data_path`` into ``train.jsonl`` + ``eval.jsonl`` and ``report/``.
 
     python -m dschat.clean --data_path data/demo --output_dir cleaned/
     python -m dschat.clean --data_path Dahoas/rm-static my.jsonl --output_dir cleaned/ \\
@@ -17,7 +17,7 @@ import sys
 import time
 
 from dschat.clean.config import CHAT_TEMPLATE, UPSTREAM, CleanConfig, add_clean_args, parse_bool
-from dschat.clean.output import EVAL_FILE, TRAIN_FILE, AtomicJsonl, check_output_dir, temp_name
+from dschat.clean.output import EVAL_FILE, REPORT_DIR, TRAIN_FILE, AtomicJsonl, check_output_dir, temp_name
 from dschat.clean.pipeline import FileSpool, clean_train_and_eval
 from dschat.clean.sources import open_splits
 from dschat.errors import DschatError, run_cli
@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args)
     start = time.perf_counter()
     report, counts = clean_to_dir(args, config, tokenizer)
-    paths = report.write(args.output_dir)
+    report_dir = os.path.join(args.output_dir, REPORT_DIR)
+    os.makedirs(report_dir, exist_ok=True)
+    paths = report.write(report_dir)
     logger.info(
         "cleaned in %.1f s: %s", time.perf_counter() - start, ", ".join(f"{k}={v}" for k, v in counts.items())
     )

@@ -9,7 +9,9 @@ from pathlib import Path
 from dschat.errors import DschatError
 
 TRAIN_FILE, EVAL_FILE = "train.jsonl", "eval.jsonl"
-OWN_FILES = (TRAIN_FILE, EVAL_FILE, "clean_report.json")
+# The report goes to a subdirectory: main.py reads every .json/.jsonl/.parquet file at the top level as data.
+REPORT_DIR = "report"
+OWN_FILES = (TRAIN_FILE, EVAL_FILE)
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
@@ -53,7 +55,7 @@ def check_output_dir(output_dir: str, input_paths: list[str]) -> Path:
         )
     directory.mkdir(parents=True, exist_ok=True)
     inputs = {Path(p).resolve() for p in input_paths if Path(p).exists()}
-    for name in OWN_FILES[:2]:
+    for name in OWN_FILES:
         target = (directory / name).resolve()
         if target in inputs or target.parent in inputs:
             raise DschatError(
