@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
 
 from dschat.errors import DschatError
-from dschat.utils.data import prompts
+from dschat.utils.data import chat_export, prompts
 
 logger = logging.getLogger(__name__)
 
@@ -224,14 +224,7 @@ def max_context(model, tokenizer) -> int | None:
 
 def stop_token_ids(model, tokenizer, prompt_template: str) -> list[int]:
     """EOS ids of the tokenizer and the model's generation config, plus a chat template's end-of-turn token."""
-    ids = [tokenizer.eos_token_id]
-    configured = model.generation_config.eos_token_id
-    ids += configured if isinstance(configured, list) else [configured]
-    if prompt_template == prompts.CHAT_TEMPLATE:
-        end_of_turn = prompts.chat_template_end_of_turn(tokenizer)
-        if end_of_turn is not None:
-            ids.append(tokenizer.convert_tokens_to_ids(end_of_turn))
-    return list(dict.fromkeys(i for i in ids if i is not None))
+    return chat_export.end_of_turn_ids(tokenizer, prompt_template, model.generation_config.eos_token_id)
 
 
 def cut_at_markers(text: str, markers: Sequence[str]) -> str:

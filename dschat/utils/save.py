@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from dschat.errors import DschatError
+from dschat.utils.data import chat_export
 from dschat.utils.log import global_rank
 from dschat.utils.module.lora import convert_lora_to_linear_layer, lora_modules
 from dschat.utils.module.peft_export import save_peft_adapter
@@ -130,7 +131,7 @@ def _write_hf_format(
         module.save_pretrained(temp_dir, state_dict=state_dict, **shard_size)
         if not safe_serialization:
             _safetensors_to_bin(temp_dir / SAFE_WEIGHTS_NAME, temp_dir / BIN_WEIGHTS_NAME)
-        tokenizer.save_pretrained(temp_dir)
+        chat_export.save_chat_format(tokenizer, temp_dir, run_info)  # template: the trained format
         if run_info is not None:
             write_run_info(temp_dir, run_info)
         _swap_in(temp_dir, output_dir)
@@ -207,7 +208,8 @@ def save_final_model(engine, tokenizer, args, run_info: dict) -> None:
     gather = zero3_gather if args.zero_stage == 3 else None
     if args.save_lora_adapter:
         save_peft_adapter(engine, args.output_dir, args.model_name_or_path, args.lora_alpha, args.lora_dim,
-                          args.lora_dropout, gather=gather)  # fmt: skip
+                          args.lora_dropout, gather=gather,
+                          write_extra=lambda adapter_dir: chat_export.save_chat_format(tokenizer, adapter_dir, run_info))  # fmt: skip
     fuse_lora(engine, args.zero_stage)
     save_hf_format(engine, tokenizer, args.output_dir, args.zero_stage,
                    safe_serialization=args.save_format == "safetensors", run_info=run_info)  # fmt: skip

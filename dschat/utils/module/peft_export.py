@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 import shutil
 from pathlib import Path
 
@@ -131,8 +132,11 @@ def save_peft_adapter(
     lora_dim: int,
     lora_dropout: float,
     gather: GatherFactory | None = None,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path | None:
     """Write ``<output_dir>/lora_adapter/`` in PEFT's LoRA format; call before fusing, on every rank.
+
+    ``write_extra(temp_dir)`` adds files (the tokenizer with its chat template) before the dir is swapped in.
 
     ``peft.PeftModel.from_pretrained(base, <output_dir>/lora_adapter)`` then computes what the unfused model
     did, provided ``base`` has the weights training started from (same vocabulary size after dschat's resize).
@@ -156,7 +160,7 @@ def save_peft_adapter(
     config = peft_adapter_config(
         [name for name, _ in modules], base_model_name_or_path, lora_alpha, lora_dim, lora_dropout
     )
-    adapter_dir = _write_atomically(Path(output_dir), config, tensors)
+    adapter_dir = _write_atomically(Path(output_dir), config, tensors, write_extra)
     logger.info(
         "saved PEFT LoRA adapter dir=%s layers=%d r=%d alpha=%g",
         adapter_dir,
@@ -167,7 +171,12 @@ def save_peft_adapter(
     return adapter_dir
 
 
-def _write_atomically(output_dir: Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+def _write_atomically(
+    output_dir: Path,
+    config: dict,
+    tensors: dict[str, torch.Tensor],
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
     """Write into a temp dir beside the target, then swap it in, so a reader never sees half an adapter."""
     output_dir.mkdir(parents=True, exist_ok=True)
     for leftover in output_dir.glob(f"{TEMP_PREFIX}*"):
@@ -179,6 +188,8 @@ def _write_atomically(output_dir: Path, config: dict, tensors: dict[str, torch.T
     try:
         save_file(tensors, temp_dir / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
         (temp_dir / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if write_extra is not None:
+            write_extra(temp_dir)
         if target.exists():
             # A directory cannot be replaced by rename: move the old one aside first, delete it after.
             old = output_dir / f"{TEMP_PREFIX}old-{os.getpid()}"
