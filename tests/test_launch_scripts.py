@@ -1,7 +1,7 @@
 """Launch scripts: each one's flags equal the spec's table, main.py accepts them, and the plan reflects them.
 
-The scripts are run as they are. A fake ``deepspeed`` first on PATH records each call (launcher options,
-script, main.py flags, cwd); the hub model and dataset names are replaced by appending
+The scripts are run as they are. A fake ``deepspeed`` (chosen with ``DEEPSPEED``, see common.sh) records each
+call (launcher options, script, main.py flags, cwd); the hub model and dataset names are replaced by appending
 ``--model_name_or_path``/``--data_path`` after the positional arguments (the last occurrence of a flag wins),
 which is how the training_scripts README tells users to swap models too.
 """
@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dschat.utils.train_args import parse_args
+from dschat.flags import parse_train_args as parse_args
 
 STEP1 = Path(__file__).resolve().parents[1] / "training" / "step1_supervised_finetuning"
 SCRIPTS = STEP1 / "training_scripts"
@@ -106,8 +107,12 @@ sys.exit(int(os.environ.get("FAKE_DEEPSPEED_RC", "0")))
 """
 
 
+COMMON = SCRIPTS / "common.sh"  # the preamble the scripts source, not a script itself
+
+
 def all_scripts() -> list[Path]:
-    return sorted(SCRIPTS.rglob("*.sh")) + sorted((STEP1 / "evaluation_scripts").rglob("*.sh"))
+    scripts = sorted(SCRIPTS.rglob("*.sh")) + sorted((STEP1 / "evaluation_scripts").rglob("*.sh"))
+    return [script for script in scripts if script != COMMON]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +125,7 @@ def local_data(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def fake_env(tmp_path):
-    """Environment with the fake launcher first on PATH (then the venv's bin), recording to calls.jsonl."""
+    """Environment with the fake launcher as DEEPSPEED (and first on PATH), recording to calls.jsonl."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "deepspeed"
@@ -132,6 +137,7 @@ def fake_env(tmp_path):
         FAKE_DEEPSPEED_LOG=str(tmp_path / "calls.jsonl"),
         FAKE_DEEPSPEED_MODE="record",
         PYTHON=sys.executable,
+        DEEPSPEED=str(fake),
         SWEEP_PAUSE_S="0",
         OMP_NUM_THREADS="1",
     )
@@ -178,9 +184,10 @@ def overrides(tiny_models, name, data, tmp_path) -> list[str]:
 def test_every_script_is_valid_bash_and_every_table_row_has_its_script():
     scripts = all_scripts()
     assert {str(p.relative_to(SCRIPTS)) for p in scripts if SCRIPTS in p.parents} >= set(EXPECTED)
-    for script in scripts:
+    for script in [*scripts, COMMON]:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, (script, result.stderr)
+    for script in scripts:
         text = script.read_text()
         assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text, script
 
@@ -320,7 +327,8 @@ def test_sweep_runs_the_eight_configurations(tmp_path, fake_env):
             0.1 if args.lora_dim else 0.0, "bf16", 8,
         )  # fmt: skip
         log = Path(args.output_dir) / f"{name}.log"
-        assert log.read_text().startswith("deepspeed ")  # upstream echoes the command into the log
+        command = log.read_text().split(" ", 1)[0]  # upstream echoes the command into the log
+        assert command == fake_env["DEEPSPEED"]
     assert seen == {
         f"z{z}_offload_{o}_lora_{lo}": (z, o == "true", lo == "true", 128 if lo == "true" else 0,
                                          1e-3 if lo == "true" else 9.65e-6)
@@ -399,6 +407,121 @@ def test_run_prompt_needs_two_models(tmp_path, fake_env):
     assert result.returncode == 2 and "BASELINE_MODEL FINETUNED_MODEL" in result.stderr
 
 
+# --- The preamble every script sources (common.sh): which interpreter and launcher a script runs ---------------
+# The scripts are copied, unchanged, into a fake repository whose .venv/bin, PATH and PYTHON directories hold
+# stand-in commands that only record which of them ran; nothing is trained.
+
+FAKE_COMMAND = '#!/bin/sh\necho "{tag} $*" >> "$PREAMBLE_LOG"\n'
+PYTHON_SCRIPTS = ("cpu/run_tiny.sh", "cpu/run_smollm2.sh", "../evaluation_scripts/run_prompt.sh")
+
+
+def fake_commands(bin_dir: Path, prefix: str) -> Path:
+    """``bin_dir/python`` and ``bin_dir/deepspeed`` that log ``<prefix>-python``/``<prefix>-deepspeed``."""
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "deepspeed"):
+        (bin_dir / name).write_text(FAKE_COMMAND.format(tag=f"{prefix}-{name}"))
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+@pytest.fixture
+def fake_repo(tmp_path):
+    """A copy of the step-1 scripts in a repository with a .venv, and an environment without PYTHON/DEEPSPEED."""
+    repo = tmp_path / "repo"
+    for folder in ("training_scripts", "evaluation_scripts"):
+        shutil.copytree(STEP1 / folder, repo / STEP1.relative_to(STEP1.parents[1]) / folder)
+    fake_commands(repo / ".venv" / "bin", "venv")
+    path_bin = fake_commands(tmp_path / "path-bin", "path")
+    fake_commands(tmp_path / "other" / "bin", "other")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "data.jsonl").write_text("{}\n")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHON", "DEEPSPEED", "LAUNCHER_ARGS", "HOSTFILE")
+    }
+    env.update(
+        PATH=f"{path_bin}{os.pathsep}{env['PATH']}",
+        PREAMBLE_LOG=str(tmp_path / "ran.log"),
+        DATA=str(tmp_path / "data.jsonl"),
+        SWEEP_PAUSE_S="0",
+    )
+    return repo, env
+
+
+def run_copied_script(repo: Path, name: str, env: dict, cwd: Path) -> tuple[list[str], str]:
+    """Run one copied script with the arguments it needs; return the tags of the commands it ran, and stderr."""
+    root = cwd
+    args = {
+        "opt/single_node/sweep/run_single.sh": ["2", "false", "false", str(root / "out")],
+        "cpu/run_tiny.sh": [str(root / "out"), "", str(root / "model"), str(root / "data.jsonl")],
+        "cpu/run_smollm2.sh": [str(root / "out"), "", str(root / "model")],
+        "../evaluation_scripts/run_prompt.sh": [str(root / "model"), str(root / "model")],
+    }.get(name, [str(root / "out")])
+    script = repo / STEP1.relative_to(STEP1.parents[1]) / "training_scripts" / name
+    result = run_script(script, args, env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    log = Path(env["PREAMBLE_LOG"])
+    ran = [line.split(" ", 1)[0] for line in log.read_text().splitlines()] if log.exists() else []
+    log.unlink(missing_ok=True)
+    return ran, result.stderr
+
+
+PREAMBLE_SCRIPTS = [str(Path(os.path.relpath(p, SCRIPTS))) for p in all_scripts()]
+
+
+@pytest.mark.parametrize("name", PREAMBLE_SCRIPTS)
+def test_every_script_runs_the_repository_venv_when_python_is_unset(name, fake_repo, tmp_path):
+    """Issue 18: after `make test`/`make demo` the scripts work as printed, with no activation step."""
+    repo, env = fake_repo
+    ran, stderr = run_copied_script(repo, name, env, tmp_path)
+    tool = "python" if name in PYTHON_SCRIPTS else "deepspeed"
+    runs = 8 if name.endswith("run_step1_sweep.sh") else 1
+    assert ran == [f"venv-{tool}"] * runs
+    said = [line for line in stderr.splitlines() if line.startswith("dschat: python=")]
+    assert (
+        said
+        == [
+            f"dschat: python={repo}/.venv/bin/python (the repository's .venv; set PYTHON to use another) "
+            f"deepspeed={repo}/.venv/bin/deepspeed"
+        ]
+        * runs
+    )
+
+
+# (.venv present, PYTHON, DEEPSPEED) -> what a python script and a launcher script run.
+CHOICES = {
+    "PYTHON wins over the .venv, and its deepspeed comes along": (True, "other/bin/python", None, "other"),
+    "a relative PYTHON is taken from where the script is called": (True, "./other/bin/python", None, "other"),
+    "DEEPSPEED wins over the one next to the interpreter": (True, None, "other/bin/deepspeed", "venv+other"),
+    "no .venv: PATH's python and deepspeed": (False, None, None, "path"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHOICES))
+def test_the_preamble_picks_the_interpreter_and_the_launcher(case, fake_repo, tmp_path):
+    venv, python, deepspeed, expected = CHOICES[case]
+    repo, env = fake_repo
+    if not venv:
+        shutil.rmtree(repo / ".venv")
+    for key, value in (("PYTHON", python), ("DEEPSPEED", deepspeed)):
+        if value:
+            env[key] = value if value.startswith(".") else str(tmp_path / value)
+    python_prefix, _, deepspeed_prefix = expected.partition("+")
+    deepspeed_prefix = deepspeed_prefix or python_prefix
+
+    ran, stderr = run_copied_script(repo, "cpu/run_tiny.sh", env, tmp_path)
+    assert ran == [f"{python_prefix}-python"]
+    ran, stderr = run_copied_script(repo, "opt/single_node/run_1.3b.sh", env, tmp_path)
+    assert ran == [f"{deepspeed_prefix}-deepspeed"]
+    bin_dirs = {
+        "venv": repo / ".venv" / "bin",
+        "other": tmp_path / "other" / "bin",
+        "path": tmp_path / "path-bin",
+    }
+    (said,) = [line for line in stderr.splitlines() if line.startswith("dschat: ")]
+    assert said.startswith(f"dschat: python={bin_dirs[python_prefix] / 'python'} (")
+    assert said.endswith(f" deepspeed={bin_dirs[deepspeed_prefix] / 'deepspeed'}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -413,7 +536,8 @@ def test_real_launcher_with_a_localhost_hostfile_runs_two_ranks(tmp_path, fake_e
     skipped with --no_ssh_check and --master_addr. With one host listed it then launches locally.
     """
     env = dict(fake_env)
-    env["PATH"] = env["PATH"].split(os.pathsep, 1)[1]  # the real deepspeed
+    del env["DEEPSPEED"]  # the real one, next to PYTHON (the preamble's choice)
+    env["PATH"] = env["PATH"].split(os.pathsep, 1)[1]
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
     env.update(

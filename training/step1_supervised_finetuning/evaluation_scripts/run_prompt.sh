@@ -3,15 +3,14 @@
 #
 # Usage: bash run_prompt.sh BASELINE_MODEL FINETUNED_MODEL [extra prompt_eval.py flags, e.g. --language Chinese]
 # On a machine with an NVIDIA GPU this uses GPU 0 only (CUDA_VISIBLE_DEVICES=0 unless already set), as upstream.
-# PYTHON (env, default python): the interpreter that has dschat installed.
+# PYTHON (env): the interpreter; default the repository's .venv/bin/python if it exists, else python.
 set -euo pipefail
 
 if (( $# < 2 )); then
     echo "usage: bash run_prompt.sh BASELINE_MODEL FINETUNED_MODEL [extra prompt_eval.py flags...]" >&2
     exit 2
 fi
-STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python}"
+source "$(dirname "${BASH_SOURCE[0]}")/../training_scripts/common.sh"  # STEP1_DIR, PYTHON...
 # A local path is taken from where the script is called; anything else (a hub id) is passed as is.
 BASELINE="$1"
 FINETUNE="$2"

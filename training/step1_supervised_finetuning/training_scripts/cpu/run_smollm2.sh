@@ -5,27 +5,24 @@
 #
 # Usage: bash run_smollm2.sh [OUTPUT_DIR=./output_cpu_smollm2] [ZERO_STAGE=0] [MODEL_DIR] [extra main.py flags...]
 #   MODEL_DIR ($3 or env): the converted SmolLM2-135M-Instruct directory; when unset, the script asks
-#   `python -m dschat.default_model`, which prints it.
+#   `$PYTHON -m dschat.default_model`, which prints it.
 #   DATA (env): the training data, default data/demo at the repository root.
-# PYTHON (env, default python): the interpreter that has dschat installed.
+# PYTHON (env): the interpreter; default the repository's .venv/bin/python if it exists, else python.
 set -euo pipefail
 
-STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-REPO_ROOT="$(cd "$STEP1_DIR/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"  # STEP1_DIR, REPO_ROOT, PYTHON, enter_step1_dir...
+
 OUTPUT="${1:-$STEP1_DIR/output_cpu_smollm2}"
 ZERO_STAGE="${2:-0}"
 MODEL_DIR="${3:-${MODEL_DIR:-}}"
 DATA="${DATA:-$REPO_ROOT/data/demo}"
-PYTHON="${PYTHON:-python}"
 if [[ -z "$MODEL_DIR" ]]; then
     MODEL_DIR="$("$PYTHON" -m dschat.default_model | tail -n 1)"
 fi
 # Paths are taken from where the script is called; the run itself happens in the step-1 dir.
 MODEL_DIR="$(realpath "$MODEL_DIR")"
 DATA="$(realpath "$DATA")"
-mkdir -p "$OUTPUT"
-OUTPUT="$(cd "$OUTPUT" && pwd)"
-cd "$STEP1_DIR"
+enter_step1_dir
 
 "$PYTHON" main.py \
     --model_name_or_path "$MODEL_DIR" \

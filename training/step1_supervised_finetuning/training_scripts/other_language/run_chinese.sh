@@ -6,17 +6,15 @@
 # LAUNCHER_ARGS (env) adds deepspeed launcher options, e.g. LAUNCHER_ARGS="--master_port 29600".
 set -euo pipefail
 
-STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"  # STEP1_DIR, PYTHON, DEEPSPEED, LAUNCHER_OPTS, enter_step1_dir
+
 OUTPUT="${1:-$STEP1_DIR/output}"
 ZERO_STAGE="${2:-2}"
-read -r -a LAUNCHER_OPTS <<< "${LAUNCHER_ARGS:-}"
-mkdir -p "$OUTPUT"
-OUTPUT="$(cd "$OUTPUT" && pwd)"  # absolute, because the run happens in the step-1 dir
-cd "$STEP1_DIR"
+enter_step1_dir
 
 DATASETS=(wangrui6/Zhihu-KOL Cohere/miracl-zh-queries-22-12 Hello-SimpleAI/HC3-Chinese mkqa-Chinese)
 
-deepspeed "${LAUNCHER_OPTS[@]}" main.py \
+"$DEEPSPEED" "${LAUNCHER_OPTS[@]}" main.py \
     --data_path "${DATASETS[@]}" \
     --data_split 10,0,0 \
     --model_name_or_path bigscience/bloom-1b1 \

@@ -8,17 +8,15 @@
 # the launcher's own default). See ../../README.md for running across nodes.
 set -euo pipefail
 
-STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../../common.sh"  # STEP1_DIR, PYTHON, DEEPSPEED, LAUNCHER_OPTS, enter_step1_dir
+
 OUTPUT="${1:-$STEP1_DIR/output}"
 ZERO_STAGE="${2:-3}"
-read -r -a LAUNCHER_OPTS <<< "${LAUNCHER_ARGS:-}"
-mkdir -p "$OUTPUT"
-OUTPUT="$(cd "$OUTPUT" && pwd)"  # absolute, because the run happens in the step-1 dir
-cd "$STEP1_DIR"
+enter_step1_dir
 
 DATASETS=(Dahoas/rm-static Dahoas/full-hh-rlhf Dahoas/synthetic-instruct-gptj-pairwise yitingxie/rlhf-reward-datasets)
 
-deepspeed --hostfile "${HOSTFILE:-/job/hostfile}" "${LAUNCHER_OPTS[@]}" main.py \
+"$DEEPSPEED" --hostfile "${HOSTFILE:-/job/hostfile}" "${LAUNCHER_OPTS[@]}" main.py \
     --data_path "${DATASETS[@]}" \
     --data_split 2,4,4 \
     --model_name_or_path facebook/opt-66b \

@@ -7,15 +7,13 @@
 # LAUNCHER_ARGS (env) adds deepspeed launcher options, e.g. LAUNCHER_ARGS="--master_port 29600".
 set -euo pipefail
 
-STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../../common.sh"  # STEP1_DIR, PYTHON, DEEPSPEED, LAUNCHER_OPTS, enter_step1_dir
+
 OUTPUT="${1:-$STEP1_DIR/output}"
 ZERO_STAGE="${2:-0}"
-read -r -a LAUNCHER_OPTS <<< "${LAUNCHER_ARGS:-}"
-mkdir -p "$OUTPUT"
-OUTPUT="$(cd "$OUTPUT" && pwd)"  # absolute, because the run happens in the step-1 dir
-cd "$STEP1_DIR"
+enter_step1_dir
 
-deepspeed --num_gpus 1 "${LAUNCHER_OPTS[@]}" main.py \
+"$DEEPSPEED" --num_gpus 1 "${LAUNCHER_OPTS[@]}" main.py \
     --model_name_or_path facebook/opt-1.3b \
     --gradient_accumulation_steps 8 \
     --lora_dim 128 \

@@ -8,15 +8,13 @@
 # LAUNCHER_ARGS (env) adds deepspeed launcher options, e.g. LAUNCHER_ARGS="--master_port 29600".
 set -euo pipefail
 
-STEP1_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../../.." && pwd)"
+source "$(dirname "${BASH_SOURCE[0]}")/../../../common.sh"  # STEP1_DIR, PYTHON, DEEPSPEED, LAUNCHER_OPTS, enter_step1_dir
+
 ZERO_STAGE="${1:-2}"
 OFFLOAD="${2:-false}"
 LORA="${3:-false}"
 OUTPUT="${4:-$STEP1_DIR/output}"
-read -r -a LAUNCHER_OPTS <<< "${LAUNCHER_ARGS:-}"
-mkdir -p "$OUTPUT"
-OUTPUT="$(cd "$OUTPUT" && pwd)"  # absolute, because the run happens in the step-1 dir
-cd "$STEP1_DIR"
+enter_step1_dir
 
 OPTIONAL_FLAGS=()
 if [[ "$OFFLOAD" == true ]]; then
@@ -34,7 +32,7 @@ fi
 
 DATASETS=(Dahoas/rm-static Dahoas/full-hh-rlhf Dahoas/synthetic-instruct-gptj-pairwise yitingxie/rlhf-reward-datasets)
 CMD=(
-    deepspeed "${LAUNCHER_OPTS[@]}" main.py
+    "$DEEPSPEED" "${LAUNCHER_OPTS[@]}" main.py
     --data_path "${DATASETS[@]}"
     --data_split 2,4,4
     --model_name_or_path facebook/opt-1.3b
