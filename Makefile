@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# Pin torch: on a CPU machine 2.13.0 resolves to the CPU build; unpinned it pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0 -e '.[test,eval]'
+	$(PY) -m pip install --quiet torch==2.13.0 -e '.[test,eval,clean]'
 	touch $@
 
 install: $(VENV)/.installed

