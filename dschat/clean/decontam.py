@@ -1,7 +1,7 @@
 """Decontamination: an index of the eval split's (and benchmark files') word n-grams, checked per train record.
 
-A train record is contaminated when one of its user or assistant turns shares a ``--decontaminate_ngram``
-word n-gram with an indexed text, or contains a whole indexed prompt shorter than that (at least
+A train record is contaminated when the words of its user and assistant turns share a ``--decontaminate_ngram``
+word n-gram with an indexed text, or contain a whole indexed prompt shorter than that (at least
 ``MIN_PROMPT_WORDS`` words: short questions are the usual benchmark item). System turns are neither indexed nor
 checked: a shared system prompt is not a leak. The index is sorted arrays, so it ships to workers cheaply.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dschat.clean.text import ngram_hashes, token_hashes, tokens
+from dschat.clean.text import conversation_tokens, ngram_hashes, token_hashes, tokens
 
 MIN_PROMPT_WORDS = 4
 
@@ -68,21 +68,22 @@ class NgramIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def find(self, messages: list[dict]) -> Contamination | None:
-        """The first indexed n-gram (or whole short prompt) found in a user or assistant turn, if any."""
+    def find(
+        self, messages: list[dict], tokenised: tuple[list[str], np.ndarray] | None = None
+    ) -> Contamination | None:
+        """The first indexed n-gram (or whole short prompt) in the user and assistant turns, if any.
+
+        ``tokenised``: the conversation's ``conversation_tokens``, when already computed.
+        """
         if not len(self.keys):
             return None
-        for message in messages:
-            if message["role"] == "system":
-                continue
-            words = tokens(message["content"])
-            hashes = token_hashes(words)
-            for size in sorted(n for n in self._lengths if n <= len(words)):
-                grams = ngram_hashes(hashes, size)
-                positions = np.minimum(np.searchsorted(self.keys, grams), len(self.keys) - 1)
-                hits = np.flatnonzero(self.keys[positions] == grams)
-                if len(hits):
-                    start = int(hits[0])
-                    owner = int(self.owners[positions[start]])
-                    return Contamination(" ".join(words[start : start + size]), self.sources[owner])
+        words, hashes = tokenised or conversation_tokens(messages)
+        for size in sorted(n for n in self._lengths if n <= len(words)):
+            grams = ngram_hashes(hashes, size)
+            positions = np.minimum(np.searchsorted(self.keys, grams), len(self.keys) - 1)
+            hits = np.flatnonzero(self.keys[positions] == grams)
+            if len(hits):
+                start = int(hits[0])
+                owner = int(self.owners[positions[start]])
+                return Contamination(" ".join(words[start : start + size]), self.sources[owner])
         return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dschat.clean.text import ngram_hashes, token_hashes, tokens
+from dschat.clean.text import conversation_tokens, ngram_hashes, normalise, token_hashes
 
 MINHASH_SEED = 1
 
@@ -37,25 +37,30 @@ class Signer:
         self.ngram = ngram
         self.template = MinHash(num_perm=num_perm, seed=MINHASH_SEED, hashfunc=int)
 
-    def shingles(self, messages: list[dict]) -> np.ndarray:
-        """32-bit hashes of the conversation's word n-grams (all turns' text, in order)."""
-        text = "\n".join(m["content"] for m in messages)
-        words = tokens(text) or [text]  # punctuation only: the text itself is the one token
-        return (ngram_hashes(token_hashes(words), self.ngram) >> np.uint64(32)).astype(np.uint32)
+    def shingles(
+        self, messages: list[dict], tokenised: tuple[list[str], np.ndarray] | None = None
+    ) -> np.ndarray:
+        """32-bit hashes of the word n-grams of the user and assistant turns (``tokenised``: precomputed)."""
+        hashes = (tokenised or conversation_tokens(messages))[1]
+        if not len(hashes):  # punctuation only: the normalised text itself is the one token
+            hashes = token_hashes([normalise("\n".join(m["content"] for m in messages))])
+        return (ngram_hashes(hashes, self.ngram) >> np.uint64(32)).astype(np.uint32)
 
-    def sign(self, conversations: list[list[dict]]) -> np.ndarray:
-        """One signature row per conversation."""
+    def sign(self, conversations: list[list[dict]], tokenised: list | None = None) -> np.ndarray:
+        """One signature row per conversation (``tokenised``: their ``conversation_tokens``, when computed)."""
         from datasketch import MinHash
 
         out = np.empty((len(conversations), len(self.template.hashvalues)), np.uint32)
+        sketch = MinHash(
+            seed=MINHASH_SEED,
+            hashfunc=int,
+            permutations=self.template.permutations,
+            scheme=self.template.scheme,
+        )
         for row, messages in enumerate(conversations):
-            sketch = MinHash(
-                seed=MINHASH_SEED,
-                hashfunc=int,
-                permutations=self.template.permutations,
-                scheme=self.template.scheme,
-            )
-            sketch.update_batch(self.shingles(messages))
+            sketch.clear()  # one sketch reused: its permutations are the costly part to build
+            shingles = self.shingles(messages, tokenised[row] if tokenised is not None else None)
+            sketch.update_batch(shingles.tolist())  # Python ints: datasketch calls hashfunc on each
             out[row] = sketch.hashvalues
         return out
 

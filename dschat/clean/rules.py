@@ -6,11 +6,13 @@ transform returns the new conversation (the same object when nothing changed).
 
 from __future__ import annotations
 
+import functools
 import re
 
 from dschat.clean.text import repair_text
 
 ROLES = ("system", "user", "assistant")
+MIN_LANGUAGE_PROBABILITY = 0.1
 EMAIL, IP_ADDRESS, PHONE = "<EMAIL>", "<IP_ADDRESS>", "<PHONE>"
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _HEX = r"[0-9a-fA-F]{1,4}"
@@ -78,9 +80,22 @@ def short_answer_reason(messages: list[dict], min_chars: int) -> str | None:
 
 
 def language_reason(messages: list[dict], languages: tuple[str, ...]) -> str | None:
-    """The language py3langid detects in the user and assistant text, when it is not one of ``languages``."""
-    import py3langid
+    """Why a record is not in ``languages``: py3langid gives them under ``MIN_LANGUAGE_PROBABILITY`` together.
 
+    A probability floor rather than the top label: short English text often scores as an English-based creole
+    (Nigerian Pidgin) first and English a close second, and that must not drop it.
+    """
     text = "\n".join(m["content"] for m in messages if m["role"] != "system")
-    detected, _ = py3langid.classify(text)
-    return None if detected in languages else f"detected language {detected!r}, not in {list(languages)}"
+    ranked = _language_identifier().rank(text)
+    allowed = sum(p for language, p in ranked if language in languages)
+    if allowed >= MIN_LANGUAGE_PROBABILITY:
+        return None
+    return f"detected language {ranked[0][0]!r} (p={ranked[0][1]:.2f}), {'/'.join(languages)} p={allowed:.2f}"
+
+
+@functools.cache
+def _language_identifier():
+    """py3langid's bundled model (no download), with probabilities normalised to sum to 1."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)

@@ -18,7 +18,7 @@ from dschat.clean.decontam import NgramIndex
 from dschat.clean.length import TokenLengths
 from dschat.clean.near_dup import Signer
 from dschat.clean.sources import Item
-from dschat.clean.text import conversation_digest
+from dschat.clean.text import conversation_digest, conversation_tokens
 
 
 def conversation_text(messages: list[dict]) -> str:
@@ -73,16 +73,22 @@ class RecordStage:
         if self.lengths is not None:
             self._timed("truncated", len(alive), self._token_rules, alive)
             alive = [o for o in alive if o.rule is None]
+        tokenised = None
+        if self.index is not None or self.signer is not None:  # shared by both; timed with near_dup
+            tokenised = self._timed("near_dup", 0, lambda: [conversation_tokens(o.messages) for o in alive])
         if self.index is not None:
-            for outcome in alive:
-                self._timed("contaminated", 1, self._contamination, outcome)
+            for outcome, words in zip(alive, tokenised):
+                self._timed("contaminated", 1, self._contamination, outcome, words)
+            tokenised = [words for outcome, words in zip(alive, tokenised) if outcome.rule is None]
             alive = [o for o in alive if o.rule is None]
         if self.config.exact_dedup or self.config.decontaminate:
             for outcome in alive:
                 outcome.digest = self._timed("exact_dup", 1, conversation_digest, outcome.messages)
         signatures = None
         if self.signer is not None:
-            signatures = self._timed("near_dup", len(alive), self.signer.sign, [o.messages for o in alive])
+            signatures = self._timed(
+                "near_dup", len(alive), self.signer.sign, [o.messages for o in alive], tokenised
+            )
         return ChunkResult(outcomes, signatures, dict(self.seconds), dict(self.checked))
 
     def _timed(self, rule: str, count: int, function, *args):
@@ -140,8 +146,8 @@ class RecordStage:
             elif self.config.truncated == "drop" and count.tokens > limit:
                 self._drop(outcome, "truncated", f"{count.tokens} tokens > --max_seq_len {limit}")
 
-    def _contamination(self, outcome: Outcome) -> None:
-        hit = self.index.find(outcome.messages)
+    def _contamination(self, outcome: Outcome, tokenised: list) -> None:
+        hit = self.index.find(outcome.messages, tokenised)
         if hit is not None:
             self._drop(outcome, "contaminated", f"shares {hit.words!r} with {hit.source}")
 

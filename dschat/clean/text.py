@@ -25,9 +25,16 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 # Chinese and Japanese scripts have no spaces between words: each character is a token.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+")
-# Odd 64-bit multipliers that mix a window of token hashes into one n-gram hash (a random linear hash).
-_MULTIPLIERS = np.random.RandomState(12).randint(1, 2**62, size=64, dtype=np.int64).astype(np.uint64) * 2 + 1
+_ASCII_TOKEN = re.compile(r"\w+", re.ASCII)
+# n-gram hash = sum of token hashes times powers of an odd base (mod 2**64), from prefix sums: any n costs the same.
+_BASE = 0x9E3779B97F4A7C15
+_BASE_INVERSE = pow(_BASE, -1, 2**64)
 _MASK = 0xFFFFFFFFFFFFFFFF
+# Token -> hash memo per process (vocabularies are Zipfian: most tokens repeat); cleared when it grows past this.
+TOKEN_CACHE_SIZE = 500_000
+_TOKEN_HASHES: dict[str, int] = {}
+# Text that ftfy would return unchanged: ASCII without control characters other than tab and newline.
+_NEEDS_FTFY = re.compile(r"[^\t\n\x20-\x7e]")
 
 
 def repair_text(text: str) -> str:
@@ -35,12 +42,11 @@ def repair_text(text: str) -> str:
 
     Indentation and spaces inside lines are kept (code answers depend on them).
     """
-    import ftfy
+    if _NEEDS_FTFY.search(text):
+        import ftfy
 
-    fixed = ftfy.fix_text(text, **_FTFY_OPTIONS)
-    fixed = _ZERO_WIDTH.sub("", fixed)
-    fixed = _TRAILING_SPACE.sub("\n", fixed)
-    return _BLANK_LINES.sub("\n\n", fixed).strip()
+        text = _ZERO_WIDTH.sub("", ftfy.fix_text(text, **_FTFY_OPTIONS))
+    return _BLANK_LINES.sub("\n\n", _TRAILING_SPACE.sub("\n", text)).strip()
 
 
 def normalise(text: str) -> str:
@@ -56,12 +62,42 @@ def conversation_digest(messages: list[dict]) -> bytes:
 
 def tokens(text: str) -> list[str]:
     """Word tokens of the normalised text (punctuation dropped; CJK characters one token each)."""
-    return _TOKEN.findall(normalise(text))
+    if text.isascii():  # NFKC is the identity on ASCII and casefold is lower: the common case, fast
+        return _ASCII_TOKEN.findall(text.lower())
+    return _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def token_hashes(words: list[str]) -> np.ndarray:
-    """A stable 64-bit hash per token (the same in every process, unlike ``hash``)."""
-    return np.fromiter((xxhash.xxh64_intdigest(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    """A stable 64-bit hash per token (the same in every process and run, unlike ``hash``)."""
+    cache = _TOKEN_HASHES
+    try:
+        values = [cache[word] for word in words]
+    except KeyError:
+        if len(cache) > TOKEN_CACHE_SIZE:
+            cache.clear()
+        for word in words:
+            if word not in cache:
+                cache[word] = xxhash.xxh64_intdigest(word.encode())
+        values = [cache[word] for word in words]
+    return np.array(values, dtype=np.uint64)
+
+
+def conversation_tokens(messages: list[dict]) -> tuple[list[str], np.ndarray]:
+    """Tokens and token hashes of a conversation's user and assistant turns (system prompts are shared boilerplate)."""
+    words = [w for m in messages if m["role"] != "system" for w in tokens(m["content"])]
+    return words, token_hashes(words)
+
+
+def _powers(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``base**k`` and ``base**-k`` mod 2**64 for k < length (cached, grown by doubling)."""
+    global _POWERS
+    if len(_POWERS[0]) < length:
+        size = max(length, 2 * len(_POWERS[0]), 1024)
+        _POWERS = tuple(np.cumprod(np.r_[1, np.full(size - 1, b, np.uint64)].astype(np.uint64)) for b in (_BASE, _BASE_INVERSE))  # fmt: skip
+    return _POWERS[0][:length], _POWERS[1][:length]
+
+
+_POWERS: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
 
 
 def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
@@ -69,9 +105,12 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     n = min(n, len(hashes))
     if n == 0:
         return np.zeros(0, np.uint64)
-    windows = np.lib.stride_tricks.sliding_window_view(hashes, n)
-    mixed = (windows * _MULTIPLIERS[:n]).sum(axis=1, dtype=np.uint64)  # wraps mod 2**64 on purpose
-    return _finalise(mixed ^ np.uint64(n))
+    up, down = _powers(len(hashes))
+    prefix = np.empty(len(hashes) + 1, np.uint64)
+    prefix[0] = 0
+    np.cumsum(hashes * up, out=prefix[1:])
+    windows = (prefix[n:] - prefix[:-n]) * down[: len(hashes) - n + 1]  # wraps mod 2**64 on purpose
+    return _finalise(windows ^ np.uint64(n))
 
 
 def _finalise(values: np.ndarray) -> np.ndarray:
