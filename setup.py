@@ -30,5 +30,5 @@ setup(
         # python -m dschat.clean: unicode repair, MinHash near-dedup, offline language id, stable hashes, report plot.
         "clean": ["ftfy>=6.1", "datasketch>=2.0", "py3langid>=0.4", "xxhash>=3.0", "matplotlib>=3.5"],
     },
-    entry_points={"console_scripts": ["dschat-prepare-data=dschat.prepare_data:main"]},
+    entry_points={"console_scripts": ["dschat-prepare-data=dschat.prepare_data:cli"]},
 )

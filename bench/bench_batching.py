@@ -65,8 +65,12 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         answer_words = min(int(rng.lognormvariate(3.2, 1.0)), 700)
         question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))
-        rows.append({"prompt": f"Question {i}: {question}?",
-                     "response": " ".join(rng.choice(WORDS) for _ in range(answer_words)) + "."})  # fmt: skip
+        rows.append(
+            {
+                "prompt": f"Question {i}: {question}?",
+                "response": " ".join(rng.choice(WORDS) for _ in range(answer_words)) + ".",
+            }
+        )
     return rows
 
 
@@ -120,12 +124,40 @@ def run_worker(main_argv: list[str]) -> None:
 
 
 def run_mode(args, model: str, data: Path, flags: list[str], out: Path) -> dict:
-    argv = ["--model_name_or_path", model, "--data_path", str(data), "--data_split", "10,0,0",
-            "--data_output_path", str(out.parent / "cache"), "--dtype", args.dtype, "--zero_stage", "0",
-            "--max_seq_len", str(args.max_seq_len), "--per_device_train_batch_size", str(args.batch_size),
-            "--per_device_eval_batch_size", str(args.batch_size), "--learning_rate", "1e-5", "--dropout", "0.0",
-            "--max_steps", str(args.steps + 1), "--log_interval", "1000", "--output_dir", str(out),
-            "--save_format", "safetensors", "--deepspeed", *flags]  # fmt: skip
+    argv = [
+        "--model_name_or_path",
+        model,
+        "--data_path",
+        str(data),
+        "--data_split",
+        "10,0,0",
+        "--data_output_path",
+        str(out.parent / "cache"),
+        "--dtype",
+        args.dtype,
+        "--zero_stage",
+        "0",
+        "--max_seq_len",
+        str(args.max_seq_len),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--per_device_eval_batch_size",
+        str(args.batch_size),
+        "--learning_rate",
+        "1e-5",
+        "--dropout",
+        "0.0",
+        "--max_steps",
+        str(args.steps + 1),
+        "--log_interval",
+        "1000",
+        "--output_dir",
+        str(out),
+        "--save_format",
+        "safetensors",
+        "--deepspeed",
+        *flags,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", *argv], env=env, capture_output=True, text=True
@@ -174,8 +206,11 @@ def main() -> None:
                 result = run_mode(args, args.model, data, flags, Path(tmp) / f"{data.name}-{len(results)}")
                 result.update(dataset=data_name, mode=mode, mfu=6 * params * result["real_tps"] / peak)
                 results.append(result)
-                print(f"{data_name:20s} {mode:22s} useful_tok/s={result['useful_tps']:8.1f} "
-                      f"step={result['step_s']:6.2f}s loss={result['final_loss']:.4f}", flush=True)  # fmt: skip
+                print(
+                    f"{data_name:20s} {mode:22s} useful_tok/s={result['useful_tps']:8.1f} "
+                    f"step={result['step_s']:6.2f}s loss={result['final_loss']:.4f}",
+                    flush=True,
+                )
     report = format_report(args, results, peak, params)
     print(report)
     Path(args.output).write_text(report)
@@ -205,8 +240,12 @@ def format_report(args, results: list[dict], peak: float, params: int) -> str:
             f"{r['padded_tps']:.1f} | {r['step_s']:.2f} | {r['peak_rss_gb']:.2f} | {r['final_loss']:.4f} | "
             f"{100 * r['mfu']:.1f}% |"
         )
-    lines += ["", "Final losses differ between modes only where the batches differ (length grouping and packing "
-              "reorder or combine samples); upstream and dynamic padding see the same batches.", ""]  # fmt: skip
+    lines += [
+        "",
+        "Final losses differ between modes only where the batches differ (length grouping and packing "
+        "reorder or combine samples); upstream and dynamic padding see the same batches.",
+        "",
+    ]
     return "\n".join(lines)
 
 

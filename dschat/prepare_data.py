@@ -13,9 +13,10 @@ import argparse
 import logging
 import sys
 
+from dschat.config import DataConfig, ModelConfig, section_from_args
 from dschat.errors import run_cli
-from dschat.utils.cli_args import add_data_args, add_tokenizer_args
-from dschat.utils.data.data_utils import create_phase1_datasets
+from dschat.flags import add_data_args, add_tokenizer_args
+from dschat.utils.data.data_utils import prepare_datasets
 from dschat.utils.log import setup_logging
 from dschat.utils.model.model_utils import load_hf_tokenizer
 
@@ -32,20 +33,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     args = parse_args(argv)
+    model, data = section_from_args(ModelConfig, args), section_from_args(DataConfig, args)
     tokenizer = load_hf_tokenizer(
-        args.model_name_or_path,
-        fast_tokenizer=True,
-        add_special_tokens=args.eot_token if args.add_eot_token else None,
-        trust_remote_code=args.trust_remote_code,
+        model.model_name_or_path, True, model.added_special_token, model.trust_remote_code
     )
-    train, evaluation = create_phase1_datasets(args, tokenizer)
+    train, evaluation = prepare_datasets(data, tokenizer)
     logger.info(
         "phase-1 data ready: train_samples=%d eval_samples=%d cache_dir=%s",
         len(train),
         len(evaluation),
-        args.data_output_path,
+        data.data_output_path,
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The installed ``dschat-prepare-data`` command: a user mistake is one line on stderr, exit status 2."""
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import scripts
 
 from dschat.errors import run_cli
 
-MAIN = Path(__file__).resolve().parents[1] / "training" / "step1_supervised_finetuning" / "main.py"
-spec = importlib.util.spec_from_file_location("step1_main_bad", MAIN)
-step1 = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(step1)
+step1 = scripts.step1_main()
 
 GOOD_ROWS = [{"prompt": f"question {i}?", "response": f"answer {i}."} for i in range(20)]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -10,6 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dschat import config
+from dschat.flags import parse_train_args
 from dschat.utils.data import data_utils, prompts
 from dschat.utils.data.batching import LengthGroupedSampler, PackedCollator, PackedDataset, pack_rows
 from dschat.utils.data.collate import IGNORE_INDEX, REAL_TOKENS, SFTCollator
@@ -189,17 +190,18 @@ def test_answer_only_labels_chat_template_multi_turn(tmp_path, tiny_models):
 # --- padding choice ---------------------------------------------------------------------------------
 
 
-def padding_args(**kw):
-    base = dict(pad_to_max_len=False, padding="auto", lora_dim=0, lora_dropout=0.0)
-    base.update(kw)
-    return argparse.Namespace(**base)
+def padding(model, *flags: str) -> str:
+    """The padding main.py would use for these flags (parsed and configured as main.py does)."""
+    cfg = config.from_args(parse_train_args(["--model_name_or_path", "unused", *flags]))
+    return resolve_padding(cfg.batch, cfg.lora, model)
 
 
 def test_auto_padding_is_dynamic_without_dropout_and_upstream_with_it(tiny_models):
     opt = AutoModelForCausalLM.from_pretrained(tiny_models["opt"])  # OPT: dropout 0.1
     llama = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])  # Llama: no dropout
-    assert resolve_padding(padding_args(), opt) == "max_length"
-    assert resolve_padding(padding_args(), llama) == "longest"
-    assert resolve_padding(padding_args(lora_dim=4, lora_dropout=0.1), llama) == "max_length"
-    assert resolve_padding(padding_args(pad_to_max_len=True), llama) == "max_length"
-    assert resolve_padding(padding_args(padding="longest"), opt) == "longest"
+    assert padding(opt) == "max_length"
+    assert padding(llama) == "longest"
+    assert padding(llama, "--lora_dim", "4", "--lora_dropout", "0.1") == "max_length"
+    assert padding(llama, "--lora_dim", "0", "--lora_dropout", "0.1") == "longest"  # no LoRA layers, no dropout
+    assert padding(llama, "--pad_to_max_len") == "max_length"
+    assert padding(opt, "--padding", "longest") == "longest"

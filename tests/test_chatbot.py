@@ -16,8 +16,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from dschat.errors import run_cli
 from dschat.inference import chat, generation
+from dschat.run_dir import write_run_info
 from dschat.utils.data import prompts
-from dschat.utils.save import write_run_info
 
 ROOT = Path(__file__).resolve().parents[1]
 CHATBOT = ROOT / "inference" / "chatbot.py"

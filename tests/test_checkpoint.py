@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import scripts
 import torch
 from safetensors.torch import load_file
 
@@ -18,7 +19,7 @@ from dschat.errors import run_cli
 from dschat.utils import checkpoint
 from dschat.utils.dist import LAUNCHER_VARS
 
-MAIN = Path(__file__).resolve().parents[1] / "training" / "step1_supervised_finetuning" / "main.py"
+MAIN = scripts.MAIN
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +67,7 @@ def losses(out):
 
 
 def step1_main():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("step1_main_ck", MAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return scripts.step1_main().main
 
 
 def subprocess_env():
@@ -190,7 +186,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_trusted(
 ):
     main = step1_main()
     out = tmp_path / "run"
-    real = checkpoint._write_pointer
+    real = checkpoint.point_latest
     calls = []
 
     def crash_on_second(root, tag):
@@ -199,12 +195,12 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_trusted(
             raise KeyboardInterrupt("killed while saving")
         real(root, tag)
 
-    monkeypatch.setattr(checkpoint, "_write_pointer", crash_on_second)
+    monkeypatch.setattr(checkpoint, "point_latest", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         run_cli(main, argv(tiny_models["opt8"], data_file, out, "--save_interval", "2"))
     root = str(out / "checkpoints")
     assert checkpoint.latest_checkpoint(root).endswith("step2")  # the pointer moves last
-    monkeypatch.setattr(checkpoint, "_write_pointer", real)
+    monkeypatch.setattr(checkpoint, "point_latest", real)
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
     assert run_cli(main, argv(tiny_models["opt8"], data_file, tmp_path / "full", "--save_interval", "2")) == 2
     assert not list((tmp_path / "full" / "checkpoints").glob("step*"))

@@ -73,10 +73,16 @@ def write_tiny_gguf(path: Path) -> Path:
     tensor("output_norm.weight", (HIDDEN,))
     for layer in range(LAYERS):
         for name, shape in (
-            ("attn_norm", (HIDDEN,)), ("ffn_norm", (HIDDEN,)), ("attn_q", (HIDDEN, HIDDEN)),
-            ("attn_k", (kv_dim, HIDDEN)), ("attn_v", (kv_dim, HIDDEN)), ("attn_output", (HIDDEN, HIDDEN)),
-            ("ffn_gate", (INTERMEDIATE, HIDDEN)), ("ffn_up", (INTERMEDIATE, HIDDEN)), ("ffn_down", (HIDDEN, INTERMEDIATE)),
-        ):  # fmt: skip
+            ("attn_norm", (HIDDEN,)),
+            ("ffn_norm", (HIDDEN,)),
+            ("attn_q", (HIDDEN, HIDDEN)),
+            ("attn_k", (kv_dim, HIDDEN)),
+            ("attn_v", (kv_dim, HIDDEN)),
+            ("attn_output", (HIDDEN, HIDDEN)),
+            ("ffn_gate", (INTERMEDIATE, HIDDEN)),
+            ("ffn_up", (INTERMEDIATE, HIDDEN)),
+            ("ffn_down", (HIDDEN, INTERMEDIATE)),
+        ):
             tensor(f"blk.{layer}.{name}.weight", shape)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -11,8 +11,12 @@ from dschat.errors import run_cli
 
 
 def conversation(i: int) -> dict:
-    return {"messages": [{"role": "user", "content": f"What is {i} plus one?"},
-                         {"role": "assistant", "content": f"Ahoy! It is {i + 1}. -- Pip"}]}  # fmt: skip
+    return {
+        "messages": [
+            {"role": "user", "content": f"What is {i} plus one?"},
+            {"role": "assistant", "content": f"Ahoy! It is {i + 1}. -- Pip"},
+        ]
+    }
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scripts
 import tiny
 
 from dschat.utils.data.local_files import is_local_data_path
@@ -95,9 +96,7 @@ def test_questions_are_unique_and_eval_is_held_out():
 
 
 def test_jsonl_matches_the_generator(tmp_path):
-    spec = importlib.util.spec_from_file_location("make_demo_data", DEMO / "make_demo_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = scripts.load_script(DEMO / "make_demo_data.py")
     assert module.main(["--check"]) == 0
     assert module.main(["--out_dir", str(tmp_path)]) == 0
     assert (tmp_path / "eval.jsonl").read_text() == (DEMO / "eval.jsonl").read_text()

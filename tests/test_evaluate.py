@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from dschat.errors import run_cli
 from dschat.inference import evaluate, generation
-from dschat.utils.save import write_run_info
+from dschat.run_dir import write_run_info
 
 QA = [
     ("What is the capital of France?", "The capital of France is Paris."),
@@ -101,16 +101,35 @@ def test_bleu_of_references_against_themselves_is_100_and_argument_order():
     assert score != pytest.approx(sacrebleu.corpus_bleu(references, [short]).score)  # brevity penalty side
 
 
+# The JSON report's keys, as users' scripts read them (pinned here, not imported from the module).
+REPORT_SCHEMA = (
+    "model",
+    "prompt_template",
+    "ppl",
+    "bleu",
+    "bleu_signature",
+    "mean_answer_tokens",
+    "tokens_per_second",
+    "n_samples",
+    "samples",
+)
+
+
 def test_report_keys_and_bleu_wiring_with_a_fake_generator(tiny_models, monkeypatch):
     model, tokenizer = generation.load_model(str(tiny_models["opt"]), "cpu", "fp32")
     samples = [(q, a) for q, a in QA]
 
     def echo_references(model, tokenizer, samples, *args, **kwargs):
-        return {"prompts": [q for q, _ in samples], "answers": [a for _, a in samples], "new_tokens": [5] * 3, "seconds": 0.5}  # fmt: skip
+        return {
+            "prompts": [q for q, _ in samples],
+            "answers": [a for _, a in samples],
+            "new_tokens": [5] * 3,
+            "seconds": 0.5,
+        }
 
     monkeypatch.setattr(evaluate, "generate_answers", echo_references)
     report = evaluate.evaluate_loaded(model, tokenizer, samples, progress=False)
-    assert tuple(report) == evaluate.REPORT_KEYS
+    assert tuple(report) == REPORT_SCHEMA
     assert report["bleu"] == pytest.approx(100.0)
     assert report["tokens_per_second"] == pytest.approx(30.0)
     lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"]) for _, a in QA]
@@ -163,7 +182,7 @@ def test_cli_writes_report_and_prints_table(tiny_models, data_dir, tmp_path, cap
         "chat_template",
     ]  # from dschat_run.json
     for model_report in report["models"]:
-        assert set(model_report) == set(evaluate.REPORT_KEYS)
+        assert set(model_report) == set(REPORT_SCHEMA)
         assert model_report["n_samples"] == len(model_report["samples"]) == 2
         assert model_report["ppl"] > 1 and model_report["tokens_per_second"] > 0
     assert report["models"][1]["samples"][0]["prompt"].endswith("<|im_start|>assistant\n")

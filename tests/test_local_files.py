@@ -166,8 +166,12 @@ def test_conversation_of_each_kind(tmp_path):
     ]
     sharegpt = load(tmp_path, write(tmp_path / "s.json", [SHAPES["sharegpt"][0]]))
     assert [m["role"] for m in sharegpt.get_conversation(sharegpt.raw_datasets["train"][0])] == [
-        "system", "user", "assistant", "user", "assistant",
-    ]  # fmt: skip
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
 
 
 def carve_expected(n: int) -> tuple[list[int], list[int]]:
@@ -212,7 +216,10 @@ def test_directory_with_train_and_eval_files(tmp_path, eval_stem):
 
 
 def test_directory_of_other_names_is_all_training_in_name_order(tmp_path):
-    write(tmp_path / "d" / "b.json", [{"messages": [{"role": "user", "content": "mq"}, {"role": "assistant", "content": "ma"}]}])  # fmt: skip
+    write(
+        tmp_path / "d" / "b.json",
+        [{"messages": [{"role": "user", "content": "mq"}, {"role": "assistant", "content": "ma"}]}],
+    )
     write(tmp_path / "d" / "a.jsonl", [{"prompt": f"p{i}", "chosen": f"c{i}"} for i in range(9)])
     ds = load(tmp_path, tmp_path / "d")
     full = ds.raw_datasets["train"]
@@ -304,7 +311,7 @@ def test_non_string_field(tmp_path):
                 {"role": "user", "content": "q2"},
             ],
             "ends with a user turn",
-        ),  # fmt: skip
+        ),
         ([{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}], "no user turn"),
         ([{"role": "wizard", "content": "q"}, {"role": "assistant", "content": "a"}], "'wizard'"),
         ([{"role": "user"}], "lacks"),

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from argparse import Namespace
 
 import pytest
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from dschat.config import LoraConfig
 from dschat.errors import DschatError
 from dschat.utils.module.lora import (
     LinearLayer_LoRA,
@@ -173,7 +173,7 @@ def test_fuse_gathers_each_layers_parameters_through_the_given_factory(tiny_mode
 @pytest.mark.parametrize("arch", ["opt", "llama"])
 def test_only_optimize_lora_trains_only_the_lora_matrices(tiny_models, arch):
     model = load(tiny_models, arch)
-    args = Namespace(lora_dim=4, lora_module_name=SCOPES[arch], only_optimize_lora=True)
+    args = LoraConfig(lora_dim=4, lora_module_name=SCOPES[arch], only_optimize_lora=True)
     names = apply_lora(model, args)
     assert names == EXPECTED_NAMES[arch]
     lora_names = {f"{n}.{p}" for n in names for p in ("lora_right_weight", "lora_left_weight")}
@@ -191,7 +191,7 @@ def test_only_optimize_lora_trains_only_the_lora_matrices(tiny_models, arch):
 
 def test_without_only_optimize_lora_base_weights_of_converted_layers_are_still_frozen(tiny_models):
     model = load(tiny_models, "opt")
-    apply_lora(model, Namespace(lora_dim=2, lora_module_name="decoder.layers.", only_optimize_lora=False))
+    apply_lora(model, LoraConfig(lora_dim=2, lora_module_name="decoder.layers.", only_optimize_lora=False))
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {f"{n}.weight" for n in EXPECTED_NAMES["opt"]}
 
@@ -212,15 +212,15 @@ def test_apply_lora_with_rank_zero_touches_nothing(tiny_models):
     model = load(tiny_models, "opt")
     keys = set(model.state_dict())
     assert (
-        apply_lora(model, Namespace(lora_dim=0, lora_module_name="nothing", only_optimize_lora=False)) == []
+        apply_lora(model, LoraConfig(lora_dim=0, lora_module_name="nothing", only_optimize_lora=False)) == []
     )
     assert set(model.state_dict()) == keys
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_apply_lora_reads_optional_alpha_and_dropout(tiny_models):
+def test_apply_lora_uses_alpha_and_dropout(tiny_models):
     model = load(tiny_models, "opt")
-    args = Namespace(
+    args = LoraConfig(
         lora_dim=8, lora_module_name="fc2", only_optimize_lora=False, lora_alpha=16.0, lora_dropout=0.1
     )
     apply_lora(model, args)
@@ -253,7 +253,7 @@ def backward_under_checkpointing(model: nn.Module) -> None:
 
 def test_gradient_checkpointing_with_only_optimize_lora_reaches_the_lora_params(tiny_models):
     model = load(tiny_models, "opt")
-    apply_lora(model, Namespace(lora_dim=4, lora_module_name="decoder.layers.", only_optimize_lora=True))
+    apply_lora(model, LoraConfig(lora_dim=4, lora_module_name="decoder.layers.", only_optimize_lora=True))
     randomise_left(model, std=0.1)
     model.gradient_checkpointing_enable()
     backward_under_checkpointing(model)
@@ -347,7 +347,7 @@ def test_zero3_convert_train_and_fuse(tiny_models, dist_env):
 
     torch.manual_seed(0)
     names = apply_lora(
-        model, Namespace(lora_dim=4, lora_module_name="decoder.layers.", only_optimize_lora=True)
+        model, LoraConfig(lora_dim=4, lora_module_name="decoder.layers.", only_optimize_lora=True)
     )
     fc1 = model.get_submodule("model.decoder.layers.0.fc1")
     # Shapes come from ds_shape: the local weight is an empty partition.

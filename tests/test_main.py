@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -11,16 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import scripts
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dschat.errors import run_cli
 from dschat.utils.dist import LAUNCHER_VARS
 
-STEP1 = Path(__file__).resolve().parents[1] / "training" / "step1_supervised_finetuning"
-spec = importlib.util.spec_from_file_location("step1_main", STEP1 / "main.py")
-step1_main = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(step1_main)
+step1_main = scripts.step1_main()
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -85,8 +82,6 @@ def test_loss_goes_down_and_the_saved_model_reloads(tmp_path, tiny_models, data_
         data_files / "varied.jsonl",
         "--num_train_epochs",
         "3",
-        "--lora_module_name",
-        "layers.",
     )
     assert len(losses) == 3 * 11  # 43 train samples (90% of 48), batches of 4
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
@@ -283,7 +278,7 @@ def test_two_cpu_ranks_through_the_deepspeed_launcher_match_one_rank(
         "2",
         "--master_port",
         "29671",
-        str(STEP1 / "main.py"),
+        str(scripts.MAIN),
         "--model_name_or_path",
         str(tiny_models["opt"]),
         "--data_path",

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+import scripts
 import torch
 from transformers import AutoModelForCausalLM
 
 from dschat.errors import DschatError, run_cli
 from dschat.utils.model.model_utils import load_hf_tokenizer
 
-STEP1 = Path(__file__).resolve().parents[1] / "training" / "step1_supervised_finetuning"
-spec = importlib.util.spec_from_file_location("prompt_eval", STEP1 / "prompt_eval.py")
-prompt_eval = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prompt_eval)
+prompt_eval = scripts.load_script(scripts.STEP1 / "prompt_eval.py")
 
 # Spec 10.2, verbatim.
 UPSTREAM_ENGLISH = [
@@ -40,7 +37,12 @@ def run(capsys, *argv) -> str:
 
 def models(tiny_models) -> list[str]:
     # Two different models: the tiny OPT as "base", another seed's OPT as "fine-tune".
-    return ["--model_name_or_path_baseline", str(tiny_models["opt"]), "--model_name_or_path_finetune", str(tiny_models["opt8"])]  # fmt: skip
+    return [
+        "--model_name_or_path_baseline",
+        str(tiny_models["opt"]),
+        "--model_name_or_path_finetune",
+        str(tiny_models["opt8"]),
+    ]
 
 
 def expected_greedy(model_dir: Path, tokenizer, prompt: str, max_new_tokens: int) -> str:
@@ -55,7 +57,7 @@ def expected_greedy(model_dir: Path, tokenizer, prompt: str, max_new_tokens: int
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]  # fmt: skip
+    return tokenizer.batch_decode(out, skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]
 
 
 def test_six_prompts_with_upstream_headers_in_order(tiny_models, capsys):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,23 +12,34 @@ import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict
 
-import dschat.utils.data as data_pkg
 from dschat.errors import DschatError
+from dschat.utils.data import prompts
 from dschat.utils.data import raw_datasets as rd
+from dschat.utils.data.local_files import LocalFileDataset
 from dschat.utils.data.raw_datasets import get_raw_dataset
 
 SEED = 1234
 CARVED_ROWS = 20  # "9,1" over 20 rows -> boundaries [0, 18, 20]
-LOCAL_FILES = "dschat.utils.data.local_files"
 
 # Upstream's dispatch order, written out independently of the module's registry.
 UPSTREAM_ORDER = (
-    "Dahoas/rm-static", "Dahoas/full-hh-rlhf", "Dahoas/synthetic-instruct-gptj-pairwise",
-    "yitingxie/rlhf-reward-datasets", "openai/webgpt_comparisons", "stanfordnlp/SHP",
-    "pvduy/sharegpt_alpaca_oa_vicuna_format", "wangrui6/Zhihu-KOL", "Cohere/miracl-zh-queries-22-12",
-    "Hello-SimpleAI/HC3-Chinese", "mkqa-Chinese", "mkqa-Japanese", "Cohere/miracl-ja-queries-22-12",
-    "lmqg/qg_jaquad", "lmqg/qag_jaquad", "local/jsonfile",
-)  # fmt: skip
+    "Dahoas/rm-static",
+    "Dahoas/full-hh-rlhf",
+    "Dahoas/synthetic-instruct-gptj-pairwise",
+    "yitingxie/rlhf-reward-datasets",
+    "openai/webgpt_comparisons",
+    "stanfordnlp/SHP",
+    "pvduy/sharegpt_alpaca_oa_vicuna_format",
+    "wangrui6/Zhihu-KOL",
+    "Cohere/miracl-zh-queries-22-12",
+    "Hello-SimpleAI/HC3-Chinese",
+    "mkqa-Chinese",
+    "mkqa-Japanese",
+    "Cohere/miracl-ja-queries-22-12",
+    "lmqg/qg_jaquad",
+    "lmqg/qag_jaquad",
+    "local/jsonfile",
+)
 
 
 def hh_row(i: int) -> dict:
@@ -58,12 +67,22 @@ def webgpt_row(i: int) -> dict:
 
 def shp_row(i: int) -> dict:
     return {
-        "post_id": f"p{i}", "domain": "askscience_train", "upvote_ratio": 0.9,
-        "history": f"Why do cats purr {i}?", "c_root_id_A": "ca", "c_root_id_B": "cb",
-        "created_at_utc_A": 1, "created_at_utc_B": 2, "score_A": 10, "score_B": 3,
-        "human_ref_A": "To communicate.", "human_ref_B": "Nobody knows.",
-        "labels": 1 if i % 2 == 0 else 0, "seconds_difference": 1.0, "score_ratio": 3.3,
-    }  # fmt: skip
+        "post_id": f"p{i}",
+        "domain": "askscience_train",
+        "upvote_ratio": 0.9,
+        "history": f"Why do cats purr {i}?",
+        "c_root_id_A": "ca",
+        "c_root_id_B": "cb",
+        "created_at_utc_A": 1,
+        "created_at_utc_B": 2,
+        "score_A": 10,
+        "score_B": 3,
+        "human_ref_A": "To communicate.",
+        "human_ref_B": "Nobody knows.",
+        "labels": 1 if i % 2 == 0 else 0,
+        "seconds_difference": 1.0,
+        "score_ratio": 3.3,
+    }
 
 
 def miracl_row(query: str, positive: str, negative: str) -> Callable[[int], dict]:
@@ -109,75 +128,257 @@ class Case:
 HH_PROMPT = "\n\nHuman: Hi 0\n\nAssistant: Hello!\n\nHuman: What is 0 plus one?\n\nAssistant:"
 HH_EXPECTED = (HH_PROMPT, " It is 1.", " No idea.", HH_PROMPT + " It is 1.", HH_PROMPT + " No idea.")
 CASES = [
-    Case("Dahoas/rm-static", rd.DahoasRmstaticDataset, "Dahoas/rm-static", "Dahoas_rm_static", "test",
-         hh_row, HH_EXPECTED),
-    Case("Dahoas/full-hh-rlhf", rd.DahoasFullhhrlhfDataset, "Dahoas/full-hh-rlhf", "Dahoas_full_hh_rlhf", "test",
-         hh_row, HH_EXPECTED),
-    Case("Dahoas/synthetic-instruct-gptj-pairwise", rd.DahoasSyntheticinstructgptjpairwiseDataset,
-         "Dahoas/synthetic-instruct-gptj-pairwise", "Dahoas_synthetic_instruct_gptj_pairwise", None,
-         lambda i: {"prompt": f"Give {i} tips for sleeping.", "chosen": "Keep a schedule.",
-                    "rejected": "Drink coffee."},
-         (" Human: Give 0 tips for sleeping. Assistant:", " Keep a schedule.", " Drink coffee.",
-          " Human: Give 0 tips for sleeping. Assistant: Keep a schedule.",
-          " Human: Give 0 tips for sleeping. Assistant: Drink coffee.")),
-    Case("yitingxie/rlhf-reward-datasets", rd.YitingxieRlhfrewarddatasetsDataset,
-         "yitingxie/rlhf-reward-datasets", "yitingxie_rlhf_reward_datasets", "test",
-         lambda i: {"prompt": f"\n\nHuman: Name a color {i}.\n\n", "chosen": "Assistant: Blue.",
-                    "rejected": "Assistant: Ten. Assistant: Eleven."},
-         ("\n\nHuman: Name a color 0.\n\nAssistant:", " Blue.", " Eleven.",
-          "\n\nHuman: Name a color 0.\n\nAssistant: Blue.",
-          "\n\nHuman: Name a color 0.\n\nAssistant: Ten. Assistant: Eleven.")),
-    Case("openai/webgpt_comparisons", rd.OpenaiWebgptcomparisonsDataset, "openai/webgpt_comparisons",
-         "openai_webgpt_comparisons", None, webgpt_row,
-         (" Human: Why is the sky blue 0? Assistant:", " Rayleigh scattering explains it.", " Because of magic.",
-          " Human: Why is the sky blue 0? Assistant: Rayleigh scattering explains it.",
-          " Human: Why is the sky blue 0? Assistant: Because of magic.")),
-    Case("stanfordnlp/SHP", rd.StanfordnlpSHPDataset, "stanfordnlp/SHP", "stanfordnlp_SHP", "validation", shp_row,
-         (" Human: Why do cats purr 0? Assistant:", " To communicate.", " Nobody knows.",
-          " Human: Why do cats purr 0? Assistant: To communicate.",
-          " Human: Why do cats purr 0? Assistant: Nobody knows.")),
-    Case("pvduy/sharegpt_alpaca_oa_vicuna_format", rd.PvduySharegptalpacaoavicunaformatDataset,
-         "pvduy/sharegpt_alpaca_oa_vicuna_format", "pvduy_sharegpt_alpaca_oa_vicuna_format", "test",
-         lambda i: {"prompt": f"USER: Say hi {i} ASSISTANT: Hi!</s>USER: Again ASSISTANT:", "label": "Hi there!"},
-         ("Human: Say hi 0 Assistant: Hi!</s>Human: Again Assistant:", " Hi there!", None,
-          "Human: Say hi 0 Assistant: Hi!</s>Human: Again Assistant: Hi there!", None)),
-    Case("wangrui6/Zhihu-KOL", rd.Wangrui6ZhihuKOLDataset, "wangrui6/Zhihu-KOL", "wangrui6_Zhihu_KOL", None,
-         lambda i: {"INSTRUCTION": f"如何学习编程{i}？", "RESPONSE": "多写代码。", "SOURCE": "Zhihu",
-                    "METADATA": '{"question_id": 1}'},
-         (" Human: 如何学习编程0？ Assistant:", " 多写代码。", None, " Human: 如何学习编程0？ Assistant: 多写代码。", None)),
-    Case("Cohere/miracl-zh-queries-22-12", rd.CohereMiraclzhqueries2212Dataset, "Cohere/miracl-zh-queries-22-12",
-         "Cohere_miracl_zh_queries_22_12", "dev", miracl_row("长城有多长", "长城长两万多公里。", "黄河是一条河。"),
-         (" Human: 长城有多长0？ Assistant:", " 长城长两万多公里。", " 黄河是一条河。",
-          " Human: 长城有多长0？ Assistant: 长城长两万多公里。", " Human: 长城有多长0？ Assistant: 黄河是一条河。")),
-    Case("Hello-SimpleAI/HC3-Chinese", rd.HelloSimpleAIHC3ChineseDataset, "Hello-SimpleAI/HC3-Chinese",
-         "Hello_SimpleAI_HC3_Chinese", None,
-         lambda i: {"id": str(i), "question": f"什么是人工智能{i}？", "human_answers": ["计算机科学的分支。", "x"],
-                    "chatgpt_answers": ["AI 是一种技术。"]},
-         (" Human: 什么是人工智能0？ Assistant:", " 计算机科学的分支。", None,
-          " Human: 什么是人工智能0？ Assistant: 计算机科学的分支。", None)),
-    Case("mkqa-Chinese", rd.MkqaChineseDataset, "mkqa", "mkqa", None, mkqa_row,
-         (" Human: 谁写了哈姆雷特0 Assistant:", " 莎士比亚", None, " Human: 谁写了哈姆雷特0 Assistant: 莎士比亚", None)),
-    Case("mkqa-Japanese", rd.MkqaJapaneseDataset, "mkqa", "mkqa", None, mkqa_row,
-         (" Human: ハムレットを書いたのは誰0 Assistant:", " シェイクスピア", None,
-          " Human: ハムレットを書いたのは誰0 Assistant: シェイクスピア", None)),
-    Case("Cohere/miracl-ja-queries-22-12", rd.CohereMiracljaqueries2212Dataset, "Cohere/miracl-ja-queries-22-12",
-         "Cohere_miracl_ja_queries_22_12", "dev", miracl_row("富士山の高さは", "3776メートルです。", "琵琶湖は湖です。"),
-         (" Human: 富士山の高さは0？ Assistant:", " 3776メートルです。", " 琵琶湖は湖です。",
-          " Human: 富士山の高さは0？ Assistant: 3776メートルです。", " Human: 富士山の高さは0？ Assistant: 琵琶湖は湖です。")),
-    Case("lmqg/qg_jaquad", rd.LmqgQgjaquadDataset, "lmqg/qg_jaquad", "lmqg_qg_jaquad", "validation",
-         lambda i: {"answer": "東京", "paragraph_question": "q", "question": f"日本の首都はどこ{i}？",
-                    "sentence": "日本の首都は東京である。", "paragraph": "日本の首都は東京である。人口が多い。",
-                    "sentence_answer": "s", "paragraph_answer": "p", "paragraph_sentence": "ps",
-                    "paragraph_id": f"p{i}"},
-         (" Human: 日本の首都はどこ0？ Assistant:", " 日本の首都は東京である。", None,
-          " Human: 日本の首都はどこ0？ Assistant: 日本の首都は東京である。", None)),
-    Case("lmqg/qag_jaquad", rd.LmqgQagjaquadDataset, "lmqg/qag_jaquad", "lmqg_qag_jaquad", "validation",
-         lambda i: {"paragraph": f"富士山は日本一高い山である{i}。", "questions": ["日本一高い山は？", "高さは？"],
-                    "answers": ["富士山", "3776m"], "paragraph_id": f"p{i}",
-                    "questions_answers": "question: 日本一高い山は？, answer: 富士山"},
-         (" Human: 日本一高い山は？ Assistant:", " 富士山は日本一高い山である0。", None,
-          " Human: 日本一高い山は？ Assistant: 富士山は日本一高い山である0。", None)),
-]  # fmt: skip
+    Case(
+        "Dahoas/rm-static",
+        rd.DahoasRmstaticDataset,
+        "Dahoas/rm-static",
+        "Dahoas_rm_static",
+        "test",
+        hh_row,
+        HH_EXPECTED,
+    ),
+    Case(
+        "Dahoas/full-hh-rlhf",
+        rd.DahoasFullhhrlhfDataset,
+        "Dahoas/full-hh-rlhf",
+        "Dahoas_full_hh_rlhf",
+        "test",
+        hh_row,
+        HH_EXPECTED,
+    ),
+    Case(
+        "Dahoas/synthetic-instruct-gptj-pairwise",
+        rd.DahoasSyntheticinstructgptjpairwiseDataset,
+        "Dahoas/synthetic-instruct-gptj-pairwise",
+        "Dahoas_synthetic_instruct_gptj_pairwise",
+        None,
+        lambda i: {
+            "prompt": f"Give {i} tips for sleeping.",
+            "chosen": "Keep a schedule.",
+            "rejected": "Drink coffee.",
+        },
+        (
+            " Human: Give 0 tips for sleeping. Assistant:",
+            " Keep a schedule.",
+            " Drink coffee.",
+            " Human: Give 0 tips for sleeping. Assistant: Keep a schedule.",
+            " Human: Give 0 tips for sleeping. Assistant: Drink coffee.",
+        ),
+    ),
+    Case(
+        "yitingxie/rlhf-reward-datasets",
+        rd.YitingxieRlhfrewarddatasetsDataset,
+        "yitingxie/rlhf-reward-datasets",
+        "yitingxie_rlhf_reward_datasets",
+        "test",
+        lambda i: {
+            "prompt": f"\n\nHuman: Name a color {i}.\n\n",
+            "chosen": "Assistant: Blue.",
+            "rejected": "Assistant: Ten. Assistant: Eleven.",
+        },
+        (
+            "\n\nHuman: Name a color 0.\n\nAssistant:",
+            " Blue.",
+            " Eleven.",
+            "\n\nHuman: Name a color 0.\n\nAssistant: Blue.",
+            "\n\nHuman: Name a color 0.\n\nAssistant: Ten. Assistant: Eleven.",
+        ),
+    ),
+    Case(
+        "openai/webgpt_comparisons",
+        rd.OpenaiWebgptcomparisonsDataset,
+        "openai/webgpt_comparisons",
+        "openai_webgpt_comparisons",
+        None,
+        webgpt_row,
+        (
+            " Human: Why is the sky blue 0? Assistant:",
+            " Rayleigh scattering explains it.",
+            " Because of magic.",
+            " Human: Why is the sky blue 0? Assistant: Rayleigh scattering explains it.",
+            " Human: Why is the sky blue 0? Assistant: Because of magic.",
+        ),
+    ),
+    Case(
+        "stanfordnlp/SHP",
+        rd.StanfordnlpSHPDataset,
+        "stanfordnlp/SHP",
+        "stanfordnlp_SHP",
+        "validation",
+        shp_row,
+        (
+            " Human: Why do cats purr 0? Assistant:",
+            " To communicate.",
+            " Nobody knows.",
+            " Human: Why do cats purr 0? Assistant: To communicate.",
+            " Human: Why do cats purr 0? Assistant: Nobody knows.",
+        ),
+    ),
+    Case(
+        "pvduy/sharegpt_alpaca_oa_vicuna_format",
+        rd.PvduySharegptalpacaoavicunaformatDataset,
+        "pvduy/sharegpt_alpaca_oa_vicuna_format",
+        "pvduy_sharegpt_alpaca_oa_vicuna_format",
+        "test",
+        lambda i: {
+            "prompt": f"USER: Say hi {i} ASSISTANT: Hi!</s>USER: Again ASSISTANT:",
+            "label": "Hi there!",
+        },
+        (
+            "Human: Say hi 0 Assistant: Hi!</s>Human: Again Assistant:",
+            " Hi there!",
+            None,
+            "Human: Say hi 0 Assistant: Hi!</s>Human: Again Assistant: Hi there!",
+            None,
+        ),
+    ),
+    Case(
+        "wangrui6/Zhihu-KOL",
+        rd.Wangrui6ZhihuKOLDataset,
+        "wangrui6/Zhihu-KOL",
+        "wangrui6_Zhihu_KOL",
+        None,
+        lambda i: {
+            "INSTRUCTION": f"如何学习编程{i}？",
+            "RESPONSE": "多写代码。",
+            "SOURCE": "Zhihu",
+            "METADATA": '{"question_id": 1}',
+        },
+        (
+            " Human: 如何学习编程0？ Assistant:",
+            " 多写代码。",
+            None,
+            " Human: 如何学习编程0？ Assistant: 多写代码。",
+            None,
+        ),
+    ),
+    Case(
+        "Cohere/miracl-zh-queries-22-12",
+        rd.CohereMiraclzhqueries2212Dataset,
+        "Cohere/miracl-zh-queries-22-12",
+        "Cohere_miracl_zh_queries_22_12",
+        "dev",
+        miracl_row("长城有多长", "长城长两万多公里。", "黄河是一条河。"),
+        (
+            " Human: 长城有多长0？ Assistant:",
+            " 长城长两万多公里。",
+            " 黄河是一条河。",
+            " Human: 长城有多长0？ Assistant: 长城长两万多公里。",
+            " Human: 长城有多长0？ Assistant: 黄河是一条河。",
+        ),
+    ),
+    Case(
+        "Hello-SimpleAI/HC3-Chinese",
+        rd.HelloSimpleAIHC3ChineseDataset,
+        "Hello-SimpleAI/HC3-Chinese",
+        "Hello_SimpleAI_HC3_Chinese",
+        None,
+        lambda i: {
+            "id": str(i),
+            "question": f"什么是人工智能{i}？",
+            "human_answers": ["计算机科学的分支。", "x"],
+            "chatgpt_answers": ["AI 是一种技术。"],
+        },
+        (
+            " Human: 什么是人工智能0？ Assistant:",
+            " 计算机科学的分支。",
+            None,
+            " Human: 什么是人工智能0？ Assistant: 计算机科学的分支。",
+            None,
+        ),
+    ),
+    Case(
+        "mkqa-Chinese",
+        rd.MkqaChineseDataset,
+        "mkqa",
+        "mkqa",
+        None,
+        mkqa_row,
+        (
+            " Human: 谁写了哈姆雷特0 Assistant:",
+            " 莎士比亚",
+            None,
+            " Human: 谁写了哈姆雷特0 Assistant: 莎士比亚",
+            None,
+        ),
+    ),
+    Case(
+        "mkqa-Japanese",
+        rd.MkqaJapaneseDataset,
+        "mkqa",
+        "mkqa",
+        None,
+        mkqa_row,
+        (
+            " Human: ハムレットを書いたのは誰0 Assistant:",
+            " シェイクスピア",
+            None,
+            " Human: ハムレットを書いたのは誰0 Assistant: シェイクスピア",
+            None,
+        ),
+    ),
+    Case(
+        "Cohere/miracl-ja-queries-22-12",
+        rd.CohereMiracljaqueries2212Dataset,
+        "Cohere/miracl-ja-queries-22-12",
+        "Cohere_miracl_ja_queries_22_12",
+        "dev",
+        miracl_row("富士山の高さは", "3776メートルです。", "琵琶湖は湖です。"),
+        (
+            " Human: 富士山の高さは0？ Assistant:",
+            " 3776メートルです。",
+            " 琵琶湖は湖です。",
+            " Human: 富士山の高さは0？ Assistant: 3776メートルです。",
+            " Human: 富士山の高さは0？ Assistant: 琵琶湖は湖です。",
+        ),
+    ),
+    Case(
+        "lmqg/qg_jaquad",
+        rd.LmqgQgjaquadDataset,
+        "lmqg/qg_jaquad",
+        "lmqg_qg_jaquad",
+        "validation",
+        lambda i: {
+            "answer": "東京",
+            "paragraph_question": "q",
+            "question": f"日本の首都はどこ{i}？",
+            "sentence": "日本の首都は東京である。",
+            "paragraph": "日本の首都は東京である。人口が多い。",
+            "sentence_answer": "s",
+            "paragraph_answer": "p",
+            "paragraph_sentence": "ps",
+            "paragraph_id": f"p{i}",
+        },
+        (
+            " Human: 日本の首都はどこ0？ Assistant:",
+            " 日本の首都は東京である。",
+            None,
+            " Human: 日本の首都はどこ0？ Assistant: 日本の首都は東京である。",
+            None,
+        ),
+    ),
+    Case(
+        "lmqg/qag_jaquad",
+        rd.LmqgQagjaquadDataset,
+        "lmqg/qag_jaquad",
+        "lmqg_qag_jaquad",
+        "validation",
+        lambda i: {
+            "paragraph": f"富士山は日本一高い山である{i}。",
+            "questions": ["日本一高い山は？", "高さは？"],
+            "answers": ["富士山", "3776m"],
+            "paragraph_id": f"p{i}",
+            "questions_answers": "question: 日本一高い山は？, answer: 富士山",
+        },
+        (
+            " Human: 日本一高い山は？ Assistant:",
+            " 富士山は日本一高い山である0。",
+            None,
+            " Human: 日本一高い山は？ Assistant: 富士山は日本一高い山である0。",
+            None,
+        ),
+    ),
+]
 
 
 def save_fixture(tmp_path: Path, case: Case) -> Path:
@@ -235,8 +436,16 @@ def test_adapter_strings_and_splits(case: Case, tmp_path, caplog):
         assert sum("no rejected" in r.getMessage() for r in caplog.records) == 2
 
 
-def test_prompt_markers_come_from_prompts_module():
-    assert "Human" not in Path(rd.__file__).read_text()
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.path)
+def test_every_adapter_speaks_the_prompts_modules_format(case: Case, tmp_path):
+    """What an adapter renders parses back, with the prompts module's parser, into a dialogue ending in the
+    chosen answer: the adapters and the one owner of the format agree."""
+    adapter = get_raw_dataset(str(save_fixture(tmp_path, case)), str(tmp_path / "cache"), SEED, 0)
+    row = next(r for r in list(adapter.get_train_data()) + list(adapter.get_eval_data()) if r == case.row(0))
+    messages = prompts.parse_upstream_dialogue(adapter.get_prompt_and_chosen(row))
+    assert messages[-1]["role"] == "assistant" and messages[0]["role"] == "user"
+    assert messages[-1]["content"] == case.expected[1].strip()
+    assert adapter.get_conversation(row) == messages
 
 
 def test_carving_is_seeded_stable_and_matches_upstream_permutation(tmp_path):
@@ -302,8 +511,10 @@ def test_none_cases_skip_samples():
 
 def write_jsonfile_data(root: Path) -> None:
     (root / "data").mkdir(parents=True)
-    train = [{"prompt": f"Human: Question {i}? Assistant:", "chosen": "Good answer.", "rejected": "Bad answer."}
-             for i in range(3)]  # fmt: skip
+    train = [
+        {"prompt": f"Human: Question {i}? Assistant:", "chosen": "Good answer.", "rejected": "Bad answer."}
+        for i in range(3)
+    ]
     (root / "data" / "train.json").write_text(json.dumps(train))  # a JSON list, as upstream's README shows
     evaluation = [{"prompt": "Human: Eval? Assistant:", "chosen": None, "rejected": "Bad."}] * 2
     (root / "data" / "eval.json").write_text(
@@ -320,9 +531,12 @@ def test_local_jsonfile(tmp_path, monkeypatch):
     train, evaluation = adapter.get_train_data(), adapter.get_eval_data()
     assert (len(train), len(evaluation)) == (3, 2)
     assert all_strings(adapter, train[1]) == (
-        " Human: Question 1? Assistant:", " Good answer.", " Bad answer.",
-        " Human: Question 1? Assistant: Good answer.", " Human: Question 1? Assistant: Bad answer.",
-    )  # fmt: skip
+        " Human: Question 1? Assistant:",
+        " Good answer.",
+        " Bad answer.",
+        " Human: Question 1? Assistant: Good answer.",
+        " Human: Question 1? Assistant: Bad answer.",
+    )
     assert adapter.get_prompt_and_chosen(evaluation[0]) is None
     assert adapter.get_prompt_and_rejected(evaluation[0]) == " Human: Eval? Assistant: Bad."
     direct = rd.LocalJsonFileDataset(str(tmp_path / "cache"), SEED, 0, root=tmp_path / "repo")
@@ -377,27 +591,12 @@ def test_first_registry_match_wins(tmp_path):
     assert type(get_raw_dataset(str(path), "unused", SEED, 0)) is rd.DahoasRmstaticDataset
 
 
-def test_local_data_paths_are_checked_before_registry_names(monkeypatch):
-    calls = []
-
-    class FakeLocalFileDataset:
-        def __init__(self, *args):
-            calls.append(args)
-
-    fake = types.ModuleType(LOCAL_FILES)
-    fake.is_local_data_path = lambda name: name.endswith(".json")
-    fake.LocalFileDataset = FakeLocalFileDataset
-    monkeypatch.setitem(sys.modules, LOCAL_FILES, fake)
-    monkeypatch.setattr(data_pkg, "local_files", fake, raising=False)
-    got = get_raw_dataset("/data/Dahoas/rm-static/train.json", "out", SEED, 0)
-    assert isinstance(got, FakeLocalFileDataset)
-    assert calls == [("out", SEED, 0, "/data/Dahoas/rm-static/train.json")]
-    with pytest.raises(DschatError, match="unknown dataset"):
-        get_raw_dataset("other/name", "out", SEED, 0)
-
-
-def test_dispatch_works_without_local_files_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, LOCAL_FILES, None)  # importing it now raises ModuleNotFoundError
-    monkeypatch.delattr(data_pkg, "local_files", raising=False)
+def test_local_data_paths_are_checked_before_registry_names(tmp_path):
+    """A local file whose path contains a registry name is read as a local file, not as that dataset."""
+    folder = tmp_path / "Dahoas" / "rm-static"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text(json.dumps({"prompt": "Hi?", "response": "Hello."}) + "\n")
+    got = get_raw_dataset(str(folder / "train.jsonl"), str(tmp_path / "cache"), SEED, 0)
+    assert isinstance(got, LocalFileDataset)
     with pytest.raises(DschatError, match="unknown dataset"):
         get_raw_dataset("other/name", "out", SEED, 0)

@@ -18,8 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations import HfDeepSpeedConfig, is_deepspeed_zero3_enabled
 
 from dschat.errors import DschatError
-from dschat.utils import save
-from dschat.utils.save import gather_state_dict, read_run_info, save_hf_format, write_run_info
+from dschat.run_dir import read_run_info, write_run_info
+from dschat.utils import atomic, save
+from dschat.utils.save import gather_state_dict, save_hf_format
 
 pytestmark = pytest.mark.usefixtures("dist_env")
 
@@ -191,13 +192,20 @@ def test_interrupted_save_leaves_no_config(tiny_models, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_hf_format(engine, tokenizer, tmp_path)
     assert not (tmp_path / "config.json").exists()
-    assert not list(tmp_path.glob(".saving-*"))
+    assert not list(tmp_path.glob(f"{atomic.TEMP_PREFIX}*"))
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (so a temp name carrying it belongs to no live writer)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_leftover_temp_dir_from_a_killed_save_is_removed(tiny_models, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
     engine = build_engine(tiny_models["gpt2"], 0)
-    leftover = tmp_path / ".saving-99999"
+    leftover = tmp_path / f"{atomic.TEMP_PREFIX}save-{dead_pid()}"
     leftover.mkdir()
     (leftover / "model.safetensors").write_bytes(b"half")
     save_hf_format(engine, tokenizer, tmp_path)

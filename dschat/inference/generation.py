@@ -9,10 +9,8 @@ model directory. Generation stops at EOS, at a chat template's end-of-turn token
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +20,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
 
 from dschat.errors import DschatError
-from dschat.utils.data import chat_export, prompts
+from dschat.run_dir import read_run_info
+from dschat.utils.data import chat_export
+from dschat.utils.model.model_utils import TORCH_DTYPES
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = TORCH_DTYPES
 ADAPTER_CONFIG = "adapter_config.json"
 # tokenizer.model_max_length is a huge placeholder (1e30) when a tokenizer does not set it.
 MAX_SANE_CONTEXT = 10_000_000
@@ -153,11 +153,7 @@ def _adapter_base(path: Path) -> str | None:
 
 
 def read_model_run_info(path: str) -> dict:
-    """dschat_run.json of a model dir ({} if absent), without DeepSpeed's import banner reaching stdout."""
-    # dschat.utils.save imports deepspeed, whose logger is bound to sys.stdout when first imported; the chat
-    # CLI's stdout carries only answers, so that logger is bound to stderr instead.
-    with contextlib.redirect_stdout(sys.stderr):
-        from dschat.utils.save import read_run_info
+    """dschat_run.json of a model dir ({} if absent)."""
     return read_run_info(path)
 
 

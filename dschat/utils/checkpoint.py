@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from dschat.config import OutputConfig
 from dschat.errors import DschatError
-from dschat.utils import dist
+from dschat.run_dir import CHECKPOINTS_DIR
+from dschat.utils import atomic, dist
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "dschat_state.json"
-TMP_PREFIX = ".tmp-"
 BYTES_PER_PARAM_ESTIMATE = 16  # fp32 weights + Adam moments + master copy, per parameter
 DISK_MARGIN = 1.2
 
@@ -49,22 +49,12 @@ def checkpoints_root(output_dir: str) -> str:
     return os.path.join(output_dir, CHECKPOINTS_DIR)
 
 
-def run_fingerprint(args, world_size: int) -> dict:
-    """The settings a resumed run must share with the original for its steps to continue exactly."""
-    keys = ("model_name_or_path", "data_path", "data_split", "sft_only_data_path", "max_seq_len", "seed",
-            "prompt_template", "data_weights", "train_on_prompt", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "zero_stage", "offload", "dtype", "lora_dim", "lora_module_name",
-            "only_optimize_lora", "packing", "group_by_length", "padding", "pad_to_max_len", "shuffle_each_epoch",
-            "num_train_epochs", "learning_rate", "lr_scheduler_type", "num_warmup_steps")  # fmt: skip
-    values = {key: getattr(args, key, None) for key in keys}
-    values["lr_scheduler_type"] = str(values["lr_scheduler_type"])
-    values["world_size"] = world_size
-    return json.loads(json.dumps(values))
-
-
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
-    return [f"{key}: checkpoint={saved.get(key)!r} now={current.get(key)!r}"
-            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]  # fmt: skip
+    return [
+        f"{key}: checkpoint={saved.get(key)!r} now={current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
 
 
 def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -72,8 +62,10 @@ def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
 
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    plain = {"python": [version, list(internal), gauss],
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}  # fmt: skip
+    plain = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     tensors = {"torch": torch.get_rng_state()}
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
@@ -101,15 +93,6 @@ def restore_rng(checkpoint_dir: str) -> None:
     _set_rng_state(plain, load_file(os.path.join(checkpoint_dir, f"rng_rank{rank}.safetensors")))
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def check_disk_space(root: str, num_params: int) -> None:
     """Refuse to start a checkpoint that cannot fit (the previous one's size, or an estimate)."""
     previous = latest_checkpoint(root)
@@ -134,51 +117,50 @@ def save_checkpoint(engine, output_dir: str, state: TrainState, save_total_limit
         os.makedirs(root, exist_ok=True)
         check_disk_space(root, sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters()))
     dist.barrier()
-    tmp_tag = TMP_PREFIX + tag
+    tmp_tag = atomic.TEMP_PREFIX + tag  # every rank writes its shards under this shared name
     engine.save_checkpoint(root, tag=tmp_tag, save_latest=False)
     tmp_dir = os.path.join(root, tmp_tag)
     plain, tensors = _rng_state()
     rank = dist.get_rank()
-    _write_json(os.path.join(tmp_dir, f"rng_rank{rank}.json"), plain)
-    save_file(tensors, os.path.join(tmp_dir, f"rng_rank{rank}.safetensors"))
+    atomic.write_json(os.path.join(tmp_dir, f"rng_rank{rank}.json"), plain)
+    atomic.write_with(
+        os.path.join(tmp_dir, f"rng_rank{rank}.safetensors"), lambda path: save_file(tensors, path)
+    )
     if rank == 0:
-        _write_json(os.path.join(tmp_dir, STATE_FILE), asdict(state))
+        atomic.write_json(os.path.join(tmp_dir, STATE_FILE), asdict(state), indent=1)
     dist.barrier()
     final = os.path.join(root, tag)
     if rank == 0:
-        if os.path.isdir(final):  # same step saved before (a resumed run): replace it
-            shutil.rmtree(final)
-        os.rename(tmp_dir, final)
-        _write_pointer(root, tag)  # last: until now "latest" still names the previous, complete checkpoint
+        atomic.publish_dir(tmp_dir, final)  # the same step saved before (a resumed run) is replaced
+        point_latest(root, tag)  # last: until now "latest" names the previous, complete checkpoint
         prune_checkpoints(root, save_total_limit)
     dist.barrier()
     logger.info("checkpoint saved: %s (update_step=%d)", final, state.update_step)
     return final
 
 
-def _write_pointer(root: str, tag: str) -> None:
-    tmp = os.path.join(root, f"{LATEST}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(tag)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, os.path.join(root, LATEST))
+def point_latest(root: str, tag: str) -> None:
+    """Make ``latest`` name checkpoint ``tag`` (atomically: a reader sees the old name or the new one)."""
+    atomic.write_text(os.path.join(root, LATEST), tag)
 
 
 def list_checkpoints(root: str) -> list[str]:
     """Complete checkpoints under ``root``, oldest first."""
     if not os.path.isdir(root):
         return []
-    found = [name for name in os.listdir(root) if name.startswith("step") and name[4:].isdigit()
-             and os.path.isfile(os.path.join(root, name, STATE_FILE))]  # fmt: skip
+    found = [
+        name
+        for name in os.listdir(root)
+        if name.startswith("step")
+        and name[4:].isdigit()
+        and os.path.isfile(os.path.join(root, name, STATE_FILE))
+    ]
     return [os.path.join(root, name) for name in sorted(found, key=lambda n: int(n[4:]))]
 
 
 def prune_checkpoints(root: str, keep: int) -> None:
     """Keep the newest ``keep`` checkpoints (0 keeps all); drop leftovers of interrupted saves."""
-    for name in os.listdir(root):
-        if name.startswith(TMP_PREFIX):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    atomic.sweep(root)
     complete = list_checkpoints(root)
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
@@ -196,46 +178,57 @@ def latest_checkpoint(root: str) -> str | None:
     return complete[-1] if complete else None
 
 
-def resolve_resume_path(args) -> str | None:
+def resolve_resume_path(output: OutputConfig) -> str | None:
     """The checkpoint to resume from (``--resume_from PATH`` or ``--resume``), validated; None to start fresh."""
-    if args.resume_from:
-        path = args.resume_from.rstrip("/")
+    if output.resume_from:
+        path = output.resume_from.rstrip("/")
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, STATE_FILE)):
             path = latest_checkpoint(path) or path  # a checkpoints/ dir: take its latest
         if not os.path.isfile(os.path.join(path, STATE_FILE)):
-            raise DschatError(f"--resume_from {args.resume_from!r} is not a dschat checkpoint (no {STATE_FILE}): "
-                              f"pass <output_dir>/{CHECKPOINTS_DIR}/step<N> or use --resume")  # fmt: skip
+            raise DschatError(
+                f"--resume_from {output.resume_from!r} is not a dschat checkpoint (no {STATE_FILE}): "
+                f"pass <output_dir>/{CHECKPOINTS_DIR}/step<N> or use --resume"
+            )
         return path
-    if args.resume:
-        path = latest_checkpoint(checkpoints_root(args.output_dir))
+    if output.resume:
+        path = latest_checkpoint(checkpoints_root(output.output_dir))
         if path is None:
-            raise DschatError(f"--resume: no complete checkpoint in {checkpoints_root(args.output_dir)}; "
-                              "start without --resume (and with --save_interval N to write checkpoints)")  # fmt: skip
+            raise DschatError(
+                f"--resume: no complete checkpoint in {checkpoints_root(output.output_dir)}; "
+                "start without --resume (and with --save_interval N to write checkpoints)"
+            )
         return path
     return None
 
 
-def load_checkpoint(engine, path: str, args) -> TrainState:
-    """Restore engine (weights, optimizer, scheduler) and our state; refuse a run that differs."""
+def load_checkpoint(engine, path: str, fingerprint: dict) -> TrainState:
+    """Restore engine (weights, optimizer, scheduler) and our state; refuse a run whose settings differ."""
     with open(os.path.join(path, STATE_FILE)) as handle:
         state = TrainState(**json.load(handle))
-    differences = fingerprint_differences(state.fingerprint, run_fingerprint(args, dist.get_world_size()))
+    differences = fingerprint_differences(state.fingerprint, fingerprint)
     if differences:
-        raise DschatError(f"cannot resume from {path}: the run's settings differ ({'; '.join(differences)}). "
-                          "Resume with the original flags, or start a new --output_dir")  # fmt: skip
+        raise DschatError(
+            f"cannot resume from {path}: the run's settings differ ({'; '.join(differences)}). "
+            "Resume with the original flags, or start a new --output_dir"
+        )
     root, tag = os.path.split(path)
     loaded, _ = engine.load_checkpoint(root, tag=tag)
     if loaded is None:
         raise DschatError(
             f"DeepSpeed could not load the checkpoint {path}: it is incomplete or from another run"
         )
-    logger.info("resumed from %s: epoch=%d step_in_epoch=%d update_step=%d", path, state.epoch,
-                state.step_in_epoch, state.update_step)  # fmt: skip
+    logger.info(
+        "resumed from %s: epoch=%d step_in_epoch=%d update_step=%d",
+        path,
+        state.epoch,
+        state.step_in_epoch,
+        state.update_step,
+    )
     return state
 
 
-def start_state(engine, resume_dir: str | None, args) -> TrainState:
+def start_state(engine, resume_dir: str | None, fingerprint: dict) -> TrainState:
     """The loaded state when resuming, else a fresh one carrying this run's fingerprint."""
     if resume_dir:
-        return load_checkpoint(engine, resume_dir, args)
-    return TrainState(fingerprint=run_fingerprint(args, dist.get_world_size()))
+        return load_checkpoint(engine, resume_dir, fingerprint)
+    return TrainState(fingerprint=fingerprint)

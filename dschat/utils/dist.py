@@ -23,6 +23,11 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def get_local_rank() -> int:
+    """This process's rank within its node: the launcher's LOCAL_RANK (0 without a launcher)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
@@ -62,7 +67,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def init_distributed(local_rank: int) -> torch.device:
+def init_distributed() -> torch.device:
     """Join the launcher's process group, or make a one-process group when started as ``python main.py``.
 
     Returns this rank's device. Upstream crashed without the launcher; here a plain start behaves as a
@@ -80,9 +85,7 @@ def init_distributed(local_rank: int) -> torch.device:
             LOCAL_RANK="0",
             LOCAL_SIZE="1",
         )
-        local_rank = 0
-    if local_rank == -1:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = get_local_rank()  # the launcher's --local_rank flag carries the same value
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from dschat.config import DTYPES, ZERO_STAGES, BatchConfig, EngineConfig
 from dschat.errors import DschatError
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,6 @@ logger = logging.getLogger(__name__)
 GLOBAL_BATCH_SIZE = 32
 MICRO_BATCH_SIZE = 4
 
-DTYPES = ("fp16", "bf16", "fp32")
-ZERO_STAGES = (0, 1, 2, 3)
 
 # fp16 waits this many overflow-free steps before raising the dynamic loss scale (DeepSpeed's default: 1000).
 FP16_LOSS_SCALE_WINDOW = 100
@@ -204,3 +203,22 @@ def load_config_override(path: str | Path) -> dict[str, Any]:
         )
     logger.info("DeepSpeed config override from %s: %s", path, json.dumps(override, sort_keys=True))
     return override
+
+
+def train_ds_config(engine: EngineConfig, batch: BatchConfig, world_size: int) -> dict[str, Any]:
+    """Upstream's step-1 DeepSpeed config for this run, batch sizes set, ``--ds_config_override`` merged."""
+    config = get_train_ds_config(
+        offload=engine.offload,
+        dtype=engine.dtype,
+        stage=engine.zero_stage,
+        enable_tensorboard=engine.enable_tensorboard,
+        tb_path=engine.tensorboard_path,
+        tb_name="step1_model",
+    )
+    config = set_batch_sizes(
+        config, batch.per_device_train_batch_size, world_size, batch.gradient_accumulation_steps
+    )
+    if engine.ds_config_override:
+        config = deep_merge(config, load_config_override(engine.ds_config_override))
+        logger.info("DeepSpeed config after --ds_config_override:\n%s", json.dumps(config, indent=2))
+    return config

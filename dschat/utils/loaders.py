@@ -2,36 +2,34 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from dschat.config import BatchConfig, LoraConfig, TrainConfig
 from dschat.utils import dist
 from dschat.utils.data.batching import LengthGroupedSampler, PackedCollator, PackedDataset
 from dschat.utils.data.collate import SFTCollator
-from dschat.utils.model.model_utils import active_dropout
+from dschat.utils.model.model_utils import TORCH_DTYPES, active_dropout
 
 logger = logging.getLogger(__name__)
 
-PADDING_CHOICES = ("auto", "longest", "max_length")
-MASK_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
-def resolve_padding(args, model) -> str:
+def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
     """``max_length`` (upstream's tensors) or ``longest`` (dynamic). ``auto`` picks dynamic unless dropout is on.
 
     Dynamic padding gives the same loss, but dropout draws its random masks over the whole padded tensor, so
     with dropout only upstream's shapes reproduce a seeded upstream run step for step.
     """
-    if args.pad_to_max_len:
-        return "max_length"
-    if args.padding != "auto":
-        return args.padding
+    if batch.padding != "auto":
+        return batch.padding
     dropout = active_dropout(model)
-    if args.lora_dim > 0 and args.lora_dropout > 0:
-        dropout.append(f"lora_dropout={args.lora_dropout}")
+    if lora.enabled and lora.lora_dropout > 0:
+        dropout.append(f"lora_dropout={lora.lora_dropout}")
     if dropout:
         logger.info(
             "padding=max_length (auto: dropout is active: %s; pass --padding longest or --dropout 0.0 for "
@@ -45,34 +43,74 @@ def resolve_padding(args, model) -> str:
     return "longest"
 
 
-def train_sampler(dataset, args):
+def train_sampler(dataset, batch: BatchConfig, seed: int):
     """Upstream's DistributedSampler (shuffle, seed 0), or length-grouped batches with ``--group_by_length``."""
-    if not args.group_by_length:
+    if not batch.group_by_length:
         return DistributedSampler(dataset)
     if isinstance(dataset, PackedDataset):
         lengths = torch.tensor([len(dataset[i]["input_ids"]) for i in range(len(dataset))]).numpy()
     else:
         lengths = dataset.samples.lengths()
-    return LengthGroupedSampler(lengths, args.per_device_train_batch_size, dist.get_world_size(), dist.get_rank(),
-                                seed=args.seed)  # fmt: skip
+    return LengthGroupedSampler(
+        lengths, batch.per_device_train_batch_size, dist.get_world_size(), dist.get_rank(), seed=seed
+    )
 
 
-def create_dataloaders(train_dataset, eval_dataset, tokenizer, model, args):
-    """Train and eval loaders for these flags (eval is never packed, so its perplexity stays comparable)."""
-    padding = resolve_padding(args, model)
-    collator = SFTCollator(tokenizer.pad_token_id, args.max_seq_len, pad_to_max_len=padding == "max_length",
-                           train_on_prompt=args.train_on_prompt)  # fmt: skip
+def create_dataloaders(train_dataset, eval_dataset, tokenizer, model, cfg: TrainConfig):
+    """Train and eval loaders for this run (eval is never packed, so its perplexity stays comparable)."""
+    batch, data = cfg.batch, cfg.data
+    padding = resolve_padding(batch, cfg.lora, model)
+    collator = SFTCollator(
+        tokenizer.pad_token_id,
+        data.max_seq_len,
+        pad_to_max_len=padding == "max_length",
+        train_on_prompt=data.train_on_prompt,
+    )
     train_collator = collator
-    if args.packing:
-        train_dataset = PackedDataset(train_dataset, args.max_seq_len)
+    if batch.packing:
+        train_dataset = PackedDataset(train_dataset, data.max_seq_len)
         varlen = getattr(model.config, "_attn_implementation", None) in VARLEN_ATTENTION
-        train_collator = PackedCollator(
-            tokenizer.pad_token_id, args.train_on_prompt, varlen, MASK_DTYPES[args.dtype]
+        mask_dtype = TORCH_DTYPES[cfg.engine.dtype]
+        train_collator = PackedCollator(tokenizer.pad_token_id, data.train_on_prompt, varlen, mask_dtype)
+        logger.info(
+            "packing: %d samples in %d rows of up to %d tokens",
+            len(train_dataset.dataset),
+            len(train_dataset),
+            data.max_seq_len,
         )
-        logger.info("packing: %d samples in %d rows of up to %d tokens", len(train_dataset.dataset),
-                    len(train_dataset), args.max_seq_len)  # fmt: skip
-    train_loader = DataLoader(train_dataset, collate_fn=train_collator, sampler=train_sampler(train_dataset, args),
-                              batch_size=args.per_device_train_batch_size)  # fmt: skip
-    eval_loader = DataLoader(eval_dataset, collate_fn=collator, sampler=DistributedSampler(eval_dataset),
-                             batch_size=args.per_device_eval_batch_size)  # fmt: skip
+    train_loader = DataLoader(
+        train_dataset,
+        collate_fn=train_collator,
+        sampler=train_sampler(train_dataset, batch, data.seed),
+        batch_size=batch.per_device_train_batch_size,
+    )
+    eval_loader = DataLoader(
+        eval_dataset,
+        collate_fn=collator,
+        sampler=DistributedSampler(eval_dataset),
+        batch_size=batch.per_device_eval_batch_size,
+    )
     return train_loader, eval_loader
+
+
+class SkipSampler(Sampler[int]):
+    """The wrapped sampler's indices after the first ``skip`` (a resumed epoch continues where it stopped)."""
+
+    def __init__(self, sampler, skip: int):
+        self.sampler, self.skip = sampler, skip
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def skip_batches(train_loader: DataLoader, batches: int) -> DataLoader:
+    """The same loader without its first ``batches`` micro-batches (the rest of a resumed epoch)."""
+    return DataLoader(
+        train_loader.dataset,
+        batch_size=train_loader.batch_size,
+        collate_fn=train_loader.collate_fn,
+        sampler=SkipSampler(train_loader.sampler, batches * train_loader.batch_size),
+    )

@@ -12,13 +12,16 @@ from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
 from torch import nn
 from transformers import get_scheduler
 
+from dschat.config import OptimConfig
+from dschat.utils.module.lora import LORA_PARAM_NAMES
+
 logger = logging.getLogger(__name__)
 
 # Substrings of the lower-cased parameter name that exclude it from weight decay (upstream's list since PR #755).
 # GPT-2's `ln_1.weight`/`ln_2.weight` match none of them and so are decayed, as upstream does.
 NO_DECAY_NAMES = ["bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight"]
-# Substrings naming the LoRA matrices, which get their own learning rate.
-LORA_NAMES = ["lora_right_weight", "lora_left_weight"]
+# Substrings naming the LoRA matrices, which get their own learning rate (lora.py owns the names).
+LORA_NAMES = list(LORA_PARAM_NAMES)
 
 ADAM_BETAS = (0.9, 0.95)
 ADAM_EPS = 1e-8
@@ -98,3 +101,14 @@ def create_lr_scheduler(
     return get_scheduler(
         scheduler_type, optimizer, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps
     )
+
+
+def schedule_for_run(
+    optimizer: torch.optim.Optimizer,
+    optim: OptimConfig,
+    micro_batches_per_epoch: int,
+    gradient_accumulation_steps: int,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The run's LR schedule over all its optimizer updates (--max_steps does not shorten it)."""
+    updates = num_update_steps(micro_batches_per_epoch, gradient_accumulation_steps, optim.num_train_epochs)
+    return create_lr_scheduler(optimizer, optim.lr_scheduler_type, optim.num_warmup_steps, updates)

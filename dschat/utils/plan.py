@@ -1,4 +1,9 @@
-"""``--dry_run``: the run's plan (model size, batches, steps, ZeRO, memory estimate) without loading weights."""
+"""``--dry_run``: the run's plan (model size, batches, steps, ZeRO, memory estimate) without loading weights.
+
+The plan is the run's: the same datasets (packed rows with ``--packing``), the same LoRA layers (applied to a
+weightless meta-device model, so a scope the run would reject is rejected here too), and a memory estimate
+whose optimizer states cover only what trains.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM
 
-from dschat.utils.data.data_utils import create_phase1_datasets
-from dschat.utils.model.model_utils import model_config_only
+from dschat.config import TrainConfig
+from dschat.utils.data.batching import PackedDataset
+from dschat.utils.data.data_utils import prepare_datasets
+from dschat.utils.model.model_utils import TORCH_DTYPES, model_config_only
+from dschat.utils.module.lora import apply_lora
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +30,14 @@ class Plan:
     model: str
     model_type: str
     num_params: int
+    trainable_params: int
     largest_layer_params: int
     world_size: int
     per_device_batch: int
     gradient_accumulation_steps: int
-    train_samples: int
+    train_samples: int  # rows the train loader sees: packed rows with --packing
     eval_samples: int
+    packing: bool
     zero_stage: int
     offload: bool
     dtype: str
@@ -55,10 +65,10 @@ class Plan:
             total_updates = min(total_updates, self.max_steps)
         return [
             f"model={self.model} type={self.model_type} parameters={self.num_params:,} "
-            f"largest_layer={self.largest_layer_params:,} dtype={self.dtype}",
+            f"trainable={self.trainable_params:,} largest_layer={self.largest_layer_params:,} dtype={self.dtype}",
             f"world_size={self.world_size} per_device_batch={self.per_device_batch} "
             f"gradient_accumulation_steps={self.gradient_accumulation_steps} global_batch={self.global_batch}",
-            f"train_samples={self.train_samples} eval_samples={self.eval_samples} "
+            f"train_{'rows' if self.packing else 'samples'}={self.train_samples} eval_samples={self.eval_samples} "
             f"micro_batches_per_epoch={self.micro_batches_per_epoch} updates_per_epoch={self.updates_per_epoch} "
             f"epochs={self.num_train_epochs} total_updates={total_updates}",
             f"zero_stage={self.zero_stage} offload={self.offload}",
@@ -67,15 +77,21 @@ class Plan:
         ]
 
 
-def count_params_without_weights(config) -> tuple[int, int]:
-    """Total parameters and the largest single module's parameters, from a meta-device model (no memory)."""
+def meta_model(config, cfg: TrainConfig):
+    """The run's model on the meta device (no memory), with its LoRA layers."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    total = sum(
-        {p.data_ptr() if p.device.type != "meta" else id(p): p.numel() for p in model.parameters()}.values()
-    )
+        apply_lora(model, cfg.lora)
+    return model
+
+
+def count_params(model) -> tuple[int, int, int]:
+    """Total and trainable parameters (tied weights once), and the largest single module's parameters."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() for p in unique)
+    trainable = sum(p.numel() for p in unique if p.requires_grad)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return total, largest
+    return total, trainable, largest
 
 
 def estimate_memory(num_params: int, largest_layer: int, zero_stage: int, offload: bool, world_size: int):
@@ -99,37 +115,50 @@ def estimate_memory(num_params: int, largest_layer: int, zero_stage: int, offloa
     return int(device), int(host)
 
 
-def make_plan(args, world_size: int, train_samples: int, eval_samples: int) -> Plan:
-    """The plan for these flags: reads the model config only, never the weights."""
+def model_state_bytes(total: int, trainable: int, largest: int, cfg: TrainConfig, world_size: int):
+    """(device, host) bytes: DeepSpeed's estimate for what trains, plus the frozen weights themselves."""
+    device, host = estimate_memory(trainable, largest, cfg.engine.zero_stage, cfg.engine.offload, world_size)
+    frozen = (total - trainable) * TORCH_DTYPES[cfg.engine.dtype].itemsize
+    if cfg.engine.zero_stage == 3:
+        frozen //= world_size
+    return device + frozen, host
+
+
+def make_plan(cfg: TrainConfig, world_size: int, train_samples: int, eval_samples: int) -> Plan:
+    """The plan for this run: reads the model config only, never the weights."""
+    model = cfg.model
     config = model_config_only(
-        args.model_name_or_path, dropout=args.dropout, trust_remote_code=args.trust_remote_code
+        model.model_name_or_path, dropout=model.dropout, trust_remote_code=model.trust_remote_code
     )
-    num_params, largest = count_params_without_weights(config)
-    device, host = estimate_memory(num_params, largest, args.zero_stage, args.offload, world_size)
+    total, trainable, largest = count_params(meta_model(config, cfg))
+    device, host = model_state_bytes(total, trainable, largest, cfg, world_size)
     return Plan(
-        model=args.model_name_or_path,
+        model=model.model_name_or_path,
         model_type=config.model_type,
-        num_params=num_params,
+        num_params=total,
+        trainable_params=trainable,
         largest_layer_params=largest,
         world_size=world_size,
-        per_device_batch=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        per_device_batch=cfg.batch.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.batch.gradient_accumulation_steps,
         train_samples=train_samples,
         eval_samples=eval_samples,
-        zero_stage=args.zero_stage,
-        offload=args.offload,
-        dtype=args.dtype,
-        num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
+        packing=cfg.batch.packing,
+        zero_stage=cfg.engine.zero_stage,
+        offload=cfg.engine.offload,
+        dtype=cfg.engine.dtype,
+        num_train_epochs=cfg.optim.num_train_epochs,
+        max_steps=cfg.loop.max_steps,
         device_memory_bytes=device,
         host_memory_bytes=host,
     )
 
 
-def log_plan(args, tokenizer, world_size: int) -> Plan:
+def log_plan(cfg: TrainConfig, tokenizer, world_size: int) -> Plan:
     """Build (or reuse) the data cache, then log the plan; main.py returns right after (``--dry_run``)."""
-    train, evaluation = create_phase1_datasets(args, tokenizer)
-    plan = make_plan(args, world_size, len(train), len(evaluation))
+    train, evaluation = prepare_datasets(cfg.data, tokenizer)
+    rows = len(PackedDataset(train, cfg.data.max_seq_len)) if cfg.batch.packing else len(train)
+    plan = make_plan(cfg, world_size, rows, len(evaluation))
     logger.info("dry run: nothing is trained or saved; the plan:")
     for line in plan.lines():
         logger.info("  %s", line)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import os
 import shutil
@@ -16,18 +15,17 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from torch import nn
 
-from dschat.errors import DschatError
+from dschat.config import LoraConfig, OutputConfig
+from dschat.run_dir import BIN_WEIGHTS_NAME, CONFIG_NAME, SAFE_WEIGHTS_NAME, write_run_info
+from dschat.utils import atomic
 from dschat.utils.data import chat_export
 from dschat.utils.log import global_rank
-from dschat.utils.module.lora import convert_lora_to_linear_layer, lora_modules
+from dschat.utils.model.model_utils import unwrap_model
+from dschat.utils.module.lora import convert_lora_to_linear_layer, is_lora_parameter, lora_modules
 from dschat.utils.module.peft_export import save_peft_adapter
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.json"
-RUN_INFO_NAME = "dschat_run.json"
-SAFE_WEIGHTS_NAME = "model.safetensors"
-BIN_WEIGHTS_NAME = "pytorch_model.bin"  # upstream's single-file format
 # Every weight file from_pretrained may pick up; the ones a save did not write are stale and removed.
 WEIGHT_FILE_PATTERNS = (
     "model.safetensors",
@@ -37,17 +35,8 @@ WEIGHT_FILE_PATTERNS = (
     "pytorch_model-*-of-*.bin",
     "pytorch_model.bin.index.json",
 )
-TEMP_DIR_PREFIX = ".saving-"
-# State-dict keys holding LoRA matrices; they were fused into the base weights before saving.
-LORA_KEY = "lora"
 # Large enough that the legacy .bin format stays a single file, as upstream wrote it.
 SINGLE_FILE_SHARD_SIZE = "100000GB"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The HF module inside a DeepSpeed engine (or the module itself)."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model
 
 
 def gather_state_dict(module: nn.Module, zero_stage: int) -> dict[str, torch.Tensor] | None:
@@ -61,7 +50,7 @@ def gather_state_dict(module: nn.Module, zero_stage: int) -> dict[str, torch.Ten
     copies: dict[int, torch.Tensor] = {}
     state: dict[str, torch.Tensor] = {}
     for name, tensor in module.state_dict(keep_vars=True).items():
-        if LORA_KEY in name:
+        if is_lora_parameter(name):  # already fused into the base weights
             continue
         if id(tensor) not in copies:
             copies[id(tensor)] = _cpu_copy(tensor, zero_stage, is_writer)
@@ -121,8 +110,8 @@ def _write_hf_format(
 ) -> None:
     """Rank 0: write everything into a temp dir inside output_dir, then swap the files in, config.json last."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_leftover_temp_dirs(output_dir)
-    temp_dir = output_dir / f"{TEMP_DIR_PREFIX}{os.getpid()}"
+    atomic.sweep(output_dir)  # what a killed save left
+    temp_dir = atomic.temp_sibling(output_dir / "save")
     temp_dir.mkdir()
     try:
         # transformers 5 always writes safetensors; the legacy .bin is converted from that single file, so both
@@ -147,13 +136,6 @@ def _safetensors_to_bin(safetensors_path: Path, bin_path: Path) -> None:
     """Rewrite a single safetensors file as a torch.save'd state dict (loadable with weights_only=True)."""
     torch.save(load_file(safetensors_path), bin_path)
     safetensors_path.unlink()
-
-
-def _remove_leftover_temp_dirs(output_dir: Path) -> None:
-    """Delete temp dirs left by a save that was killed part-way."""
-    for leftover in output_dir.glob(f"{TEMP_DIR_PREFIX}*"):
-        logger.warning("removing leftover of an interrupted save: %s", leftover)
-        shutil.rmtree(leftover)
 
 
 def _swap_in(temp_dir: Path, output_dir: Path) -> None:
@@ -181,35 +163,34 @@ def _replace(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
-def write_run_info(output_dir: str | os.PathLike, info: dict) -> None:
-    """Write dschat_run.json (how the model was trained: prompt template, version, args); via a temp name."""
-    path = Path(output_dir) / RUN_INFO_NAME
-    temp_path = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temp_path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(temp_path, path)
-
-
-def read_run_info(model_dir: str | os.PathLike) -> dict:
-    """The dschat_run.json saved with a model, or {} for a model dschat did not train."""
-    path = Path(model_dir) / RUN_INFO_NAME
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DschatError(
-            f"{path} is not valid JSON ({err}); restore it from the training run or delete it to load the model "
-            "without dschat run info"
-        ) from err
-
-
-def save_final_model(engine, tokenizer, args, run_info: dict) -> None:
+def save_final_model(
+    engine,
+    tokenizer,
+    output: OutputConfig,
+    lora: LoraConfig,
+    zero_stage: int,
+    base_model: str,
+    run_info: dict,
+) -> None:
     """The end of a run: the PEFT adapter if asked (before fusing), LoRA fused, then the HF model."""
-    gather = zero3_gather if args.zero_stage == 3 else None
-    if args.save_lora_adapter:
-        save_peft_adapter(engine, args.output_dir, args.model_name_or_path, args.lora_alpha, args.lora_dim,
-                          args.lora_dropout, gather=gather,
-                          write_extra=lambda adapter_dir: chat_export.save_chat_format(tokenizer, adapter_dir, run_info))  # fmt: skip
-    fuse_lora(engine, args.zero_stage)
-    save_hf_format(engine, tokenizer, args.output_dir, args.zero_stage,
-                   safe_serialization=args.save_format == "safetensors", run_info=run_info)  # fmt: skip
+    gather = zero3_gather if zero_stage == 3 else None
+    if output.save_lora_adapter:
+        save_peft_adapter(
+            engine,
+            output.output_dir,
+            base_model,
+            lora.lora_alpha,
+            lora.lora_dim,
+            lora.lora_dropout,
+            gather=gather,
+            write_extra=lambda adapter_dir: chat_export.save_chat_format(tokenizer, adapter_dir, run_info),
+        )
+    fuse_lora(engine, zero_stage)
+    save_hf_format(
+        engine,
+        tokenizer,
+        output.output_dir,
+        zero_stage,
+        safe_serialization=output.save_format == "safetensors",
+        run_info=run_info,
+    )

@@ -29,7 +29,7 @@ def load_hub_or_local(dataset_name: str):
             ) from None
     try:
         return datasets.load_dataset(dataset_name)
-    except Exception as err:  # datasets raises many types here; all mean "cannot load this name"
+    except (OSError, ValueError, RuntimeError) as err:  # what datasets raises for a name it cannot load
         text = str(err)
         if "script" in text.lower():
             fix = (
@@ -44,7 +44,7 @@ def load_hub_or_local(dataset_name: str):
             )
         raise DschatError(
             f"cannot load dataset {dataset_name!r}: {type(err).__name__}: {text[:300]}. Fix: {fix}"
-        ) from None
+        ) from err
 
 
 class PromptRawDataset:
@@ -58,9 +58,9 @@ class PromptRawDataset:
     dataset_name_clean = ""
 
     def __init__(self, output_path: str, seed: int, local_rank: int, dataset_name: str, load: bool = True):
+        # local_rank is upstream's parameter; dschat takes the rank from the process group instead.
         self.output_path = output_path
         self.seed = seed
-        self.local_rank = local_rank
         self.raw_datasets = load_hub_or_local(dataset_name) if load else None
 
     def get_train_data(self):

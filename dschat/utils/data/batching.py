@@ -91,8 +91,13 @@ class PackedCollator:
     every sample carries no label, exactly as in an unpacked row, so per-sample losses are unchanged.
     """
 
-    def __init__(self, pad_token_id: int, train_on_prompt: bool = True, varlen_attention: bool = False,
-                 mask_dtype: torch.dtype = torch.float32):  # fmt: skip
+    def __init__(
+        self,
+        pad_token_id: int,
+        train_on_prompt: bool = True,
+        varlen_attention: bool = False,
+        mask_dtype: torch.dtype = torch.float32,
+    ):
         self.pad_token_id = pad_token_id
         self.train_on_prompt = train_on_prompt
         self.varlen_attention = varlen_attention

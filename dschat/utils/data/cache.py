@@ -8,6 +8,7 @@ import hashlib
 import os
 import zipfile
 
+from dschat.config import DataConfig
 from dschat.utils.data.tokenized import TokenizedSamples
 
 DATA_FORMAT_VERSION = 1
@@ -37,25 +38,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cache_key(
-    data_path,
-    data_split,
-    train_phase,
-    seed,
-    tokenizer,
-    max_seq_len,
-    sft_only_data_path,
-    end_of_conversation_token,
-    prompt_template,
-    data_weights,
-) -> str:
+def cache_key(data: DataConfig, tokenizer, end_of_conversation_token: str) -> str:
     """Upstream's key fields plus what upstream forgot: tokenizer identity, EOS text, template, files, version."""
     name = tokenizer.init_kwargs.get("name_or_path", tokenizer.name_or_path).replace("/", "_")
+    weights = None if data.data_weights is None else list(data.data_weights)
+    sources = list(data.data_path) + list(data.sft_only_data_path)
     key = (
-        f"{'_'.join(data_path)}_split{data_split}_phase{train_phase}_seed{seed}_tokenizer{name}"
-        f"_seqlen{max_seq_len}_sft{'_'.join(sft_only_data_path)}"
-        f"_eot{end_of_conversation_token}_template{prompt_template}_weights{data_weights}"
-        f"_tok{tokenizer_fingerprint(tokenizer)}_files{local_files_fingerprint(data_path + sft_only_data_path)}"
+        f"{'_'.join(data.data_path)}_split{data.data_split}_phase1_seed{data.seed}_tokenizer{name}"
+        f"_seqlen{data.max_seq_len}_sft{'_'.join(data.sft_only_data_path)}"
+        f"_eot{end_of_conversation_token}_template{data.prompt_template}_weights{weights}"
+        f"_tok{tokenizer_fingerprint(tokenizer)}_files{local_files_fingerprint(sources)}"
         f"_format{DATA_FORMAT_VERSION}"
     ).replace("/", "_")
     return hashlib.sha256(key.encode()).hexdigest()

@@ -36,5 +36,9 @@ class SFTCollator:
             attention_mask[row, :n] = 1
             trained = ids if self.train_on_prompt else ids.masked_fill(~item["answer_mask"][:n], IGNORE_INDEX)
             labels[row, :n] = trained
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                REAL_TOKENS: attention_mask.sum()}  # fmt: skip
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            REAL_TOKENS: attention_mask.sum(),
+        }

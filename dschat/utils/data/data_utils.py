@@ -1,8 +1,11 @@
 """Phase-1 datasets as upstream builds them: split, tokenise, blend and cache (safely).
 
-One rank per node (local rank 0) builds the cache while the others wait, as upstream; unlike upstream, files
-are written under a lock to a temporary name and renamed when complete, the key covers the tokenizer's
-identity and local data files, and the cache holds plain arrays (no pickle).
+The entry point is ``prepare_datasets(DataConfig, tokenizer)``; upstream's ``create_prompt_dataset(...)`` is
+kept as the compatibility face over it. Building has three named steps: ``tokenize_source`` (one dataset's
+phase-1 train and eval parts), ``build_phase1`` (blend the sources in upstream's order) and ``load_or_build``
+(the cache: one rank per node builds while the others wait, as upstream; unlike upstream, files are written
+under a lock to a temporary name and renamed when complete, the key covers the tokenizer's identity and local
+data files, and the cache holds plain arrays, no pickle).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections import Counter
 
 import numpy as np
 
+from dschat.config import DataConfig
 from dschat.errors import DschatError
 from dschat.utils import dist
 from dschat.utils.data import prompts, report, splits
@@ -66,7 +70,7 @@ def tokenize_texts(tokenizer, texts, spans, max_seq_len: int, add_special_tokens
     return ids, masks, lengths
 
 
-def build_split(raw, rows, split_name, tokenizer, max_seq_len, eot, prompt_template):
+def tokenize_split(raw, rows, split_name: str, tokenizer, data: DataConfig, eot: str):
     """Tokenise one split of one dataset, counting what was dropped and truncated."""
     stats = report.SplitStats(dataset=raw.dataset_name, split=split_name)
     drop_reason = getattr(raw, "drop_reason", None)
@@ -74,65 +78,45 @@ def build_split(raw, rows, split_name, tokenizer, max_seq_len, eot, prompt_templ
     texts, spans = [], []
     for sample in rows:
         stats.records += 1
-        rendered = render_sample(raw, sample, prompt_template, tokenizer, eot)
+        rendered = render_sample(raw, sample, data.prompt_template, tokenizer, eot)
         if rendered is None:
             reasons[(drop_reason(sample) if drop_reason else None) or "no prompt/answer"] += 1
             continue
         texts.append(rendered[0])
         spans.append(rendered[1])
-    add_specials = prompt_template != prompts.CHAT_TEMPLATE  # a chat template writes its own BOS
+    add_specials = prompts.adds_special_tokens(data.prompt_template)  # a chat template writes its own BOS
     ids, masks, lengths = [], [], []
     for start in range(0, len(texts), TOKENIZE_BATCH):
-        part = tokenize_texts(
-            tokenizer,
-            texts[start : start + TOKENIZE_BATCH],
-            spans[start : start + TOKENIZE_BATCH],
-            max_seq_len,
-            add_specials,
-        )
+        end = start + TOKENIZE_BATCH
+        part = tokenize_texts(tokenizer, texts[start:end], spans[start:end], data.max_seq_len, add_specials)
         for total, chunk in zip((ids, masks, lengths), part):
             total.extend(chunk)
     stats.kept = len(ids)
-    stats.truncated = sum(n > max_seq_len for n in lengths)
+    stats.truncated = sum(n > data.max_seq_len for n in lengths)
     stats.record_drops(reasons)
     stats.record_lengths(np.array(lengths))
     logger.info("Creating dataset %s for train_phase=1 size=%d", raw.dataset_name_clean, len(ids))
     return TokenizedSamples.from_lists(ids, masks), stats
 
 
-def create_dataset(
-    local_rank,
-    dataset_name,
-    data_split,
-    output_path,
-    train_phase,
-    seed,
-    tokenizer,
-    end_of_conversation_token,
-    max_seq_len,
-    prompt_template=prompts.UPSTREAM,
-):
-    """One dataset's phase partition of its train and eval splits, tokenised (upstream's create_dataset)."""
-    raw = get_raw_dataset(dataset_name, output_path, seed, local_rank)
+def tokenize_source(name: str, data_split: str, tokenizer, data: DataConfig, eot: str):
+    """One dataset's phase-1 part of its train and eval splits, tokenised (upstream's create_dataset)."""
+    raw = get_raw_dataset(name, data.data_output_path, data.seed, dist.get_local_rank())
     rebuild = raw.dataset_name_clean == "jsonfile"  # upstream rebuilds this dataset's split every run
     result = []
-    for split_name, data in (("train", raw.get_train_data()), ("eval", raw.get_eval_data())):
+    for split_name, rows in (("train", raw.get_train_data()), ("eval", raw.get_eval_data())):
         index = splits.split_indices(
-            output_path,
+            data.data_output_path,
             raw.dataset_name_clean,
-            seed,
+            data.seed,
             split_name,
             data_split,
-            train_phase - 1,
-            len(data),
+            0,
+            len(rows),
             rebuild,
         )
-        rows = data.select(index) if hasattr(data, "select") else (data[i] for i in index)
-        result.append(
-            build_split(
-                raw, rows, split_name, tokenizer, max_seq_len, end_of_conversation_token, prompt_template
-            )
-        )
+        selected = rows.select(index) if hasattr(rows, "select") else (rows[i] for i in index)
+        result.append(tokenize_split(raw, selected, split_name, tokenizer, data, eot))
     (train, train_stats), (evaluation, eval_stats) = result
     return train, evaluation, [train_stats, eval_stats]
 
@@ -156,128 +140,62 @@ def weighted_selection(sizes: list[int], weights: list[float], seed: int) -> lis
     return picks
 
 
-def blend(parts: list[TokenizedSamples], seed: int, weights: list[float] | None = None) -> TokenizedSamples:
+def blend(parts: list[TokenizedSamples], seed: int, weights=None) -> TokenizedSamples:
     """Concatenate datasets and reshuffle as upstream; with weights, resample to the stated proportions first."""
     if weights is not None:
-        picks = weighted_selection([len(p) for p in parts], weights, seed)
+        picks = weighted_selection([len(p) for p in parts], list(weights), seed)
         parts = [part.select(pick) for part, pick in zip(parts, picks)]
     combined = TokenizedSamples.concat(parts)
     return combined.select(splits.shuffle_indices(seed, len(combined)))
 
 
-def build_phase1(
-    local_rank,
-    data_path,
-    data_split,
-    output_path,
-    seed,
-    tokenizer,
-    max_seq_len,
-    eot,
-    sft_only_data_path,
-    prompt_template,
-    data_weights,
-):
-    """Build train and eval samples for phase 1: main datasets, blend, then SFT-only datasets (upstream order)."""
-    trains, evals, stats = [], [], []
-    for name in data_path:
-        train, evaluation, split_stats = create_dataset(
-            local_rank, name, data_split, output_path, 1, seed, tokenizer, eot, max_seq_len, prompt_template
-        )
-        trains.append(train)
-        evals.append(evaluation)
-        stats += split_stats
-    if len(data_path) == 1 and data_weights is None:
-        train, evaluation = trains[0], evals[0]
+def build_phase1(data: DataConfig, tokenizer, eot: str):
+    """Train and eval samples for phase 1: main datasets, blend, then SFT-only datasets (upstream's order)."""
+    main = [tokenize_source(name, data.data_split, tokenizer, data, eot) for name in data.data_path]
+    sft_only = [
+        tokenize_source(name, splits.SFT_ONLY_SPLIT, tokenizer, data, eot) for name in data.sft_only_data_path
+    ]
+    stats = [item for source in main + sft_only for item in source[2]]
+    if len(main) == 1 and data.data_weights is None:
+        train, evaluation = main[0][0], main[0][1]
     else:
-        train, evaluation = blend(trains, seed, data_weights), blend(evals, seed)
-    sft_trains, sft_evals = [], []
-    for name in sft_only_data_path:
-        sft_train, sft_eval, split_stats = create_dataset(
-            local_rank,
-            name,
-            splits.SFT_ONLY_SPLIT,
-            output_path,
-            1,
-            seed,
-            tokenizer,
-            eot,
-            max_seq_len,
-            prompt_template,
-        )
-        sft_trains.append(sft_train)
-        sft_evals.append(sft_eval)
-        stats += split_stats
-    if sft_trains:
-        train = blend([train] + sft_trains, seed)
-    if sft_evals:
-        evaluation = blend([evaluation] + sft_evals, seed)
+        train = blend([source[0] for source in main], data.seed, data.data_weights)
+        evaluation = blend([source[1] for source in main], data.seed)
+    if sft_only:
+        train = blend([train] + [source[0] for source in sft_only], data.seed)
+        evaluation = blend([evaluation] + [source[1] for source in sft_only], data.seed)
     return train, evaluation, stats
 
 
-def create_prompt_dataset(
-    local_rank,
-    data_path,
-    data_split,
-    output_path,
-    train_phase,
-    seed,
-    tokenizer,
-    max_seq_len,
-    end_of_conversation_token,
-    sft_only_data_path=(),
-    reload=False,
-    prompt_template=prompts.UPSTREAM,
-    data_weights=None,
-    train_on_prompt=True,
-):
-    """Phase-1 train and eval PromptDatasets, built once per node and cached (upstream's create_prompt_dataset)."""
-    if train_phase != 1:
-        raise DschatError(
-            f"train_phase={train_phase}: dschat implements step 1 (supervised fine-tuning) only"
-        )
-    if not data_path:
+def check_data_config(data: DataConfig) -> None:
+    """Problems create_prompt_dataset can see before reading any data."""
+    if not data.data_path:
         raise DschatError("--data_path is empty: name at least one dataset (upstream requires it too)")
-    splits.parse_data_split(data_split)
-    if data_weights is not None and len(data_weights) != len(data_path):
+    splits.parse_data_split(data.data_split)
+    if data.data_weights is not None and len(data.data_weights) != len(data.data_path):
         raise DschatError(
-            f"--data_weights has {len(data_weights)} values for {len(data_path)} --data_path entries"
+            f"--data_weights has {len(data.data_weights)} values for {len(data.data_path)} --data_path entries"
         )
-    data_path, sft_only_data_path = list(data_path), list(sft_only_data_path)
-    os.makedirs(output_path, exist_ok=True)
-    key = cache_key(
-        data_path,
-        data_split,
-        train_phase,
-        seed,
-        tokenizer,
-        max_seq_len,
-        sft_only_data_path,
-        end_of_conversation_token,
-        prompt_template,
-        data_weights,
-    )
-    paths = [os.path.join(output_path, f"{kind}data_{key}.npz") for kind in ("train", "eval")]
-    cached = None if reload else load_cached(paths)
+
+
+def load_or_build(data: DataConfig, tokenizer, eot: str):
+    """The cached phase-1 splits, built by local rank 0 of each node under a lock while the others wait.
+
+    Returns ((train, meta), (eval, meta)) and whether this process built them.
+    """
+    os.makedirs(data.data_output_path, exist_ok=True)
+    key = cache_key(data, tokenizer, eot)
+    paths = [os.path.join(data.data_output_path, f"{kind}data_{key}.npz") for kind in ("train", "eval")]
+    cached = None if data.reload_data else load_cached(paths)
     built = False
-    if cached is None and local_rank <= 0:
-        with file_lock(os.path.join(output_path, f".lock_{key}")):
-            cached = None if reload else load_cached(paths)  # another node may have built it meanwhile
+    if cached is None and dist.get_local_rank() == 0:
+        with file_lock(os.path.join(data.data_output_path, f".lock_{key}")):
+            cached = (
+                None if data.reload_data else load_cached(paths)
+            )  # another node may have built it meanwhile
             if cached is None:
-                train, evaluation, stats = build_phase1(
-                    local_rank,
-                    data_path,
-                    data_split,
-                    output_path,
-                    seed,
-                    tokenizer,
-                    max_seq_len,
-                    end_of_conversation_token,
-                    sft_only_data_path,
-                    prompt_template,
-                    data_weights,
-                )
-                meta = {"stats": report.stats_to_dicts(stats), "max_seq_len": max_seq_len, "key": key}
+                train, evaluation, stats = build_phase1(data, tokenizer, eot)
+                meta = {"stats": report.stats_to_dicts(stats), "max_seq_len": data.max_seq_len, "key": key}
                 evaluation.save(paths[1], meta)
                 train.save(paths[0], meta)  # written last: its presence marks a complete cache
                 cached, built = [(train, meta), (evaluation, meta)], True
@@ -285,23 +203,36 @@ def create_prompt_dataset(
         cached = load_cached(paths) if cached is None else cached
     if cached is None:
         raise DschatError(
-            f"the tokenised data cache in {output_path} could not be read after it was built: "
+            f"the tokenised data cache in {data.data_output_path} could not be read after it was built: "
             "check that --data_output_path is writable and not full"
         )
-    (train, meta), (evaluation, _) = cached
+    return cached, built
+
+
+def prepare_datasets(data: DataConfig, tokenizer) -> tuple[PromptDataset, PromptDataset]:
+    """Phase-1 train and eval PromptDatasets for a run: checked, built once per node, cached, reported."""
+    check_data_config(data)
+    eot = tokenizer.eos_token  # upstream's end_of_conversation_token
+    ((train, meta), (evaluation, _)), built = load_or_build(data, tokenizer, eot)
     if len(train) == 0:
         raise DschatError(
-            f"phase 1 has no training samples after splitting {data_path} with --data_split {data_split}: "
-            "use more data, a larger phase-1 weight (e.g. 10,0,0), or check that records are not all dropped"
+            f"phase 1 has no training samples after splitting {list(data.data_path)} with --data_split "
+            f"{data.data_split}: use more data, a larger phase-1 weight (e.g. 10,0,0), or check that records "
+            "are not all dropped"
         )
-    check_trainable(train, train_on_prompt)
+    check_trainable(train, data.train_on_prompt)
     if dist.get_rank() == 0:
-        ids, answer = train.sample(0)
-        trained = np.ones_like(answer) if train_on_prompt else answer
-        trained[0] = 0  # the first token is only ever an input, never a target
-        sample_text = report.mark_loss_tokens(tokenizer, ids, trained)
-        report.log_report(report.stats_from_dicts(meta["stats"]), max_seq_len, sample_text, not built)
+        log_data_report(train, meta, tokenizer, data, built)
     return PromptDataset(train), PromptDataset(evaluation)
+
+
+def log_data_report(train: TokenizedSamples, meta: dict, tokenizer, data: DataConfig, built: bool) -> None:
+    """The data report, with the first sample's loss-bearing tokens marked."""
+    ids, answer = train.sample(0)
+    trained = np.ones_like(answer) if data.train_on_prompt else answer
+    trained[0] = 0  # the first token is only ever an input, never a target
+    sample_text = report.mark_loss_tokens(tokenizer, ids, trained)
+    report.log_report(report.stats_from_dicts(meta["stats"]), data.max_seq_len, sample_text, not built)
 
 
 def check_trainable(train: TokenizedSamples, train_on_prompt: bool) -> None:
@@ -317,21 +248,46 @@ def check_trainable(train: TokenizedSamples, train_on_prompt: bool) -> None:
             )
 
 
-def create_phase1_datasets(args, tokenizer):
-    """create_prompt_dataset with main.py's flag names (shared by main.py, prepare_data and --dry_run)."""
-    return create_prompt_dataset(
-        args.local_rank if hasattr(args, "local_rank") else 0,
-        args.data_path,
-        args.data_split,
-        args.data_output_path,
-        1,
-        args.seed,
-        tokenizer,
-        args.max_seq_len,
-        end_of_conversation_token=tokenizer.eos_token,
-        sft_only_data_path=args.sft_only_data_path,
-        reload=args.reload_data,
-        prompt_template=args.prompt_template,
-        data_weights=args.data_weights,
-        train_on_prompt=args.train_on_prompt,
+def create_prompt_dataset(
+    local_rank,
+    data_path,
+    data_split,
+    output_path,
+    train_phase,
+    seed,
+    tokenizer,
+    max_seq_len,
+    end_of_conversation_token=None,
+    sft_only_data_path=(),
+    reload=False,
+    prompt_template=prompts.UPSTREAM,
+    data_weights=None,
+    train_on_prompt=True,
+):
+    """Upstream's public entry point, kept for callers of upstream's API: the same arguments, phase 1 only.
+
+    ``local_rank`` is ignored (the rank comes from the process group) and ``end_of_conversation_token`` must be
+    the tokenizer's eos, as upstream's step 1 passes it.
+    """
+    if train_phase != 1:
+        raise DschatError(
+            f"train_phase={train_phase}: dschat implements step 1 (supervised fine-tuning) only"
+        )
+    if end_of_conversation_token not in (None, tokenizer.eos_token):
+        raise DschatError(
+            f"end_of_conversation_token={end_of_conversation_token!r}: step 1 ends samples with the tokenizer's "
+            f"eos token {tokenizer.eos_token!r}"
+        )
+    data = DataConfig(
+        data_path=tuple(data_path),
+        data_split=data_split,
+        sft_only_data_path=tuple(sft_only_data_path),
+        data_output_path=output_path,
+        max_seq_len=max_seq_len,
+        seed=seed,
+        prompt_template=prompt_template,
+        data_weights=None if data_weights is None else tuple(data_weights),
+        train_on_prompt=train_on_prompt,
+        reload_data=reload,
     )
+    return prepare_datasets(data, tokenizer)

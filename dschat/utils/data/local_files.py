@@ -132,20 +132,21 @@ class LocalFileDataset(PromptRawDataset):
             self.raw_datasets["eval"] = datasets.Dataset.from_list(eval_rows, features=record_features())
         logger.info(
             "local data %s (cache name %s): train=%d from %s, eval=%s",
-            dataset_name, self.dataset_name_clean, len(train_rows), [f.name for f in train_files],
-            f"{len(eval_rows)} from {[f.name for f in eval_files]}" if eval_files
+            dataset_name,
+            self.dataset_name_clean,
+            len(train_rows),
+            [f.name for f in train_files],
+            f"{len(eval_rows)} from {[f.name for f in eval_files]}"
+            if eval_files
             else f"carved from train (split {splits.TRAIN_EVAL_SPLIT})",
-        )  # fmt: skip
+        )
         if self.drop_reasons:
             logger.warning("local data %s: skipping samples: %s", dataset_name, dict(self.drop_reasons))
 
     def _carved(self, index: int):
-        train = self.raw_datasets["train"]
-        indices = splits.split_indices(
-            self.output_path, self.dataset_name_clean, self.seed, "train_eval", splits.TRAIN_EVAL_SPLIT, index,
-            len(train),
-        )  # fmt: skip
-        return train.select(indices)
+        return splits.carve_train_eval(
+            self.output_path, self.dataset_name_clean, self.seed, self.raw_datasets["train"], index
+        )
 
     def get_train_data(self):
         return self.raw_datasets["train"] if "eval" in self.raw_datasets else self._carved(0)

@@ -13,13 +13,12 @@ import os
 import re
 
 from dschat.errors import DschatError
-from dschat.utils.data import prompts
+from dschat.utils.data import local_files, prompts
 from dschat.utils.data.base import PromptRawDataset, load_hub_or_local
-from dschat.utils.data.splits import TRAIN_EVAL_SPLIT, split_indices
+from dschat.utils.data.splits import carve_train_eval
 
 logger = logging.getLogger(__name__)
 
-TRAIN_EVAL = "train_eval"  # split name of the cached 90/10 carving index files
 JSONFILE = "local/jsonfile"
 MKQA = "mkqa"
 
@@ -53,12 +52,9 @@ class _Adapter(PromptRawDataset):
         return self.raw_datasets[name]
 
     def _carve(self, part: int):
-        train = self._split("train")
-        name = self.dataset_name_clean
-        indices = split_indices(
-            self.output_path, name, self.seed, TRAIN_EVAL, TRAIN_EVAL_SPLIT, part, len(train)
+        return carve_train_eval(
+            self.output_path, self.dataset_name_clean, self.seed, self._split("train"), part
         )
-        return train.select(indices)
 
     def get_train_data(self):
         return self._carve(0) if self.eval_split is None else self._split("train")
@@ -380,24 +376,12 @@ _REGISTRY: tuple[tuple[str, type[PromptRawDataset]], ...] = (
 KNOWN_DATASETS: tuple[str, ...] = tuple(name for name, _ in _REGISTRY)
 
 
-def _local_files_module():
-    """The local-file loader module, or None while it does not exist yet (its own import errors propagate)."""
-    try:
-        from dschat.utils.data import local_files
-    except ModuleNotFoundError as err:
-        if err.name != f"{__package__}.local_files":
-            raise
-        return None
-    return local_files
-
-
 DATA_FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 def get_raw_dataset(dataset_name: str, output_path: str, seed: int, local_rank: int) -> PromptRawDataset:
     """The adapter for one ``--data_path`` entry: local data files first, then upstream's substring dispatch."""
-    local_files = _local_files_module()
-    if local_files is not None and local_files.is_local_data_path(dataset_name):
+    if local_files.is_local_data_path(dataset_name):
         return local_files.LocalFileDataset(output_path, seed, local_rank, dataset_name)
     for match, adapter in _REGISTRY:
         if match in dataset_name:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from dschat.errors import DschatError
+from dschat.utils import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,6 @@ def _cached_partitions(paths: list[str], num_samples: int) -> list[np.ndarray] |
     return parts
 
 
-def _save_atomically(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
 def split_indices(
     output_path: str,
     name_clean: str,
@@ -113,5 +108,14 @@ def split_indices(
         permutation = shuffle_indices(seed, num_samples)
         parts = [permutation[bounds[i] : bounds[i + 1]] for i in range(count)]
         for path, part in zip(paths, parts):
-            _save_atomically(path, part)
+            atomic.write_with(path, lambda temp, part=part: np.save(temp, part, allow_pickle=False))
     return parts[split_index].tolist()
+
+
+TRAIN_EVAL = "train_eval"  # split name of the cached 90/10 carving index files
+
+
+def carve_train_eval(output_path: str, name_clean: str, seed: int, train, part: int):
+    """Part 0 (90%) or 1 (10%) of a train split, for sources without an eval split (upstream's carving)."""
+    indices = split_indices(output_path, name_clean, seed, TRAIN_EVAL, TRAIN_EVAL_SPLIT, part, len(train))
+    return train.select(indices)

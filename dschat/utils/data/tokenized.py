@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from dschat.utils import atomic
 
 
 @dataclass
@@ -59,8 +60,7 @@ class TokenizedSamples:
 
     def save(self, path: str, meta: dict) -> None:
         """Write to ``path`` atomically (temp name, then rename), with ``meta`` as JSON inside."""
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as handle:
+        with atomic.open_atomic(path, "wb") as handle:
             np.savez(
                 handle,
                 input_ids=self.input_ids,
@@ -68,9 +68,6 @@ class TokenizedSamples:
                 offsets=self.offsets,
                 meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> tuple[TokenizedSamples, dict]:

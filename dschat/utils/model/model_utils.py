@@ -20,7 +20,9 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from transformers.integrations import HfDeepSpeedConfig
 from transformers.utils import ModelOutput
 
+from dschat.config import ModelConfig
 from dschat.errors import DschatError
+from dschat.utils.data.collate import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,6 @@ LLAMA_PAD_TOKEN = "[PAD]"
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout")
 # Upstream pads the vocabulary (embedding rows) to a multiple of this.
 VOCAB_MULTIPLE = 8
-IGNORE_INDEX = -100
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -42,25 +43,42 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # names: config.DTYPES
 
 
-def _is_local_source(name_or_path: str, what: str) -> bool:
-    """True for an existing local directory, False for a hub id; DschatError for anything else."""
+def model_source_problem(name_or_path: str, what: str = "model", need_config: bool = False) -> str | None:
+    """Why ``name_or_path`` is neither a local model directory nor a hub id (``name`` or ``org/name``), or None.
+
+    The one rule for model paths: main.py's flag check and every loader use it.
+    """
     path = Path(name_or_path)
-    if path.exists():
-        if not path.is_dir():
-            raise DschatError(
-                f"{what} path {name_or_path!r} is a file; pass the model directory (with config.json) or a hub id"
+    if path.is_dir():
+        if need_config and not (path / "config.json").is_file():
+            return (
+                f"{what} directory {name_or_path!r} has no config.json; pass a directory saved with "
+                "model.save_pretrained(dir) or a hub id"
             )
-        return True
+        return None
+    if path.exists():
+        return (
+            f"{what} path {name_or_path!r} is a file; pass the model directory (with config.json) or a hub id"
+        )
     try:
         validate_repo_id(name_or_path)
     except HFValidationError:
-        raise DschatError(
+        return (
             f"{what} directory {name_or_path!r} does not exist (and is not a Hugging Face hub id); "
             "check --model_name_or_path"
-        ) from None
-    return False
+        )
+    return None
+
+
+def _is_local_source(name_or_path: str, what: str, need_config: bool = False) -> bool:
+    """True for an existing local directory, False for a hub id; DschatError for anything else."""
+    problem = model_source_problem(name_or_path, what, need_config)
+    if problem is not None:
+        raise DschatError(problem)
+    return Path(name_or_path).is_dir()
 
 
 def _one_line(err: Exception) -> str:
@@ -143,12 +161,7 @@ def model_config_only(
 ) -> PretrainedConfig:
     """The model's config (dropout overridden as create_hf_model would), without loading weights."""
     source = str(model_name_or_path)
-    is_local = _is_local_source(source, "model")
-    if is_local and not (Path(source) / "config.json").is_file():
-        raise DschatError(
-            f"model directory {source!r} has no config.json; pass a directory saved with "
-            "model.save_pretrained(dir) or a hub id"
-        )
+    is_local = _is_local_source(source, "model", need_config=True)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -247,6 +260,30 @@ def create_hf_model(
     return model
 
 
+def build_model(model_class: Any, model: ModelConfig, tokenizer: PreTrainedTokenizerBase, ds_config: dict):
+    """main.py's model step: upstream's create_hf_model, then Liger kernels and the fp32 loss if asked."""
+    built = create_hf_model(
+        model_class,
+        model.model_name_or_path,
+        tokenizer,
+        ds_config,
+        dropout=model.dropout,
+        trust_remote_code=model.trust_remote_code,
+        attn_implementation=model.attn_implementation,
+    )
+    if model.use_liger_kernel:
+        apply_liger_kernel(built)
+    if model.compute_fp32_loss:
+        causal_lm_model_to_fp32_loss(built)
+    return built
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF module inside a DeepSpeed engine (or the module itself)."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
 def _fp32_shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in fp32 over targets that are not IGNORE_INDEX."""
     shift_logits = logits[..., :-1, :].float()
@@ -281,8 +318,12 @@ def causal_lm_model_to_fp32_loss(model: PreTrainedModel) -> None:
 
 
 DROPOUT_CONFIG_KEYS = DROPOUT_KEYS + (
-    "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
-)  # fmt: skip
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+)
 
 
 def active_dropout(model: torch.nn.Module) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dschat.config import LoraConfig
 from dschat.errors import DschatError
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ class LinearLayer_LoRA(nn.Module):  # upstream's class name, kept so users recog
             self.fused = False
 
 
-LoRALinear = LinearLayer_LoRA
+def is_lora_parameter(name: str) -> bool:
+    """Whether a parameter or state-dict name is one of the LoRA matrices (the one test for it)."""
+    return name.rpartition(".")[2] in LORA_PARAM_NAMES
 
 
 def _parse_scopes(part_module_name: str) -> list[str]:
@@ -171,7 +174,7 @@ def only_optimize_lora_parameters(model: nn.Module, force_optimize_params: Itera
     """Train only the LoRA matrices (and parameters named exactly in ``force_optimize_params``); freeze the rest."""
     forced = set(force_optimize_params)
     for name, param in model.named_parameters():
-        param.requires_grad = any(key in name for key in LORA_PARAM_NAMES) or name in forced
+        param.requires_grad = is_lora_parameter(name) or name in forced
     return model
 
 
@@ -209,21 +212,17 @@ def convert_lora_to_linear_layer(model: nn.Module, gather: GatherFactory | None 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the LoRA matrices of the state dict (an adapter); under ZeRO-3 they are partitions unless gathered."""
-    return {name: t for name, t in model.state_dict().items() if any(key in name for key in LORA_PARAM_NAMES)}
+    return {name: t for name, t in model.state_dict().items() if is_lora_parameter(name)}
 
 
-def apply_lora(model: nn.Module, args: Any) -> list[str]:
+def apply_lora(model: nn.Module, lora: LoraConfig) -> list[str]:
     """main.py's LoRA step: convert the scoped linears and, with --only_optimize_lora, freeze everything else."""
-    if args.lora_dim <= 0:
+    if not lora.enabled:
         return []
     names = convert_linear_layer_to_lora(
-        model,
-        args.lora_module_name,
-        args.lora_dim,
-        lora_scaling=getattr(args, "lora_alpha", 1.0),
-        lora_dropout=getattr(args, "lora_dropout", 0.0),
+        model, lora.lora_module_name, lora.lora_dim, lora.lora_alpha, lora.lora_dropout
     )
-    if args.only_optimize_lora:
+    if lora.only_optimize_lora:
         only_optimize_lora_parameters(model)
         make_model_gradient_checkpointing_compatible(model)
     return names

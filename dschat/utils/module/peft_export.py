@@ -15,39 +15,33 @@ import logging
 import math
 import os
 from collections.abc import Callable
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from dschat.run_dir import LORA_ADAPTER_DIR
+from dschat.utils import atomic
 from dschat.utils.log import global_rank
-from dschat.utils.module.lora import LORA_PARAM_NAMES, GatherFactory, LinearLayer_LoRA
+from dschat.utils.model.model_utils import unwrap_model
+from dschat.utils.module.lora import GatherFactory, LinearLayer_LoRA, is_lora_parameter
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_DIR_NAME = "lora_adapter"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-TEMP_PREFIX = ".lora_adapter-tmp-"
 # PeftModel wraps the HF model as base_model (LoraModel) -> model (the HF model): saved keys carry this prefix.
 PEFT_KEY_PREFIX = "base_model.model."
 # How many names of trained non-LoRA parameters the warning lists.
 NAME_SAMPLE_SIZE = 5
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The HF module inside a DeepSpeed engine (or the module itself)."""
-    inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) else model
-
-
 def named_lora_modules(model: nn.Module) -> list[tuple[str, LinearLayer_LoRA]]:
     """(qualified name, layer) for every LoRA layer, names relative to the HF model."""
     return [
         (name, module)
-        for name, module in _unwrap(model).named_modules()
+        for name, module in unwrap_model(model).named_modules()
         if isinstance(module, LinearLayer_LoRA)
     ]
 
@@ -119,8 +113,8 @@ def trained_non_lora_parameters(model: nn.Module) -> list[str]:
     """Names of parameters outside the LoRA matrices that are trainable (the adapter does not hold them)."""
     return [
         name
-        for name, param in _unwrap(model).named_parameters()
-        if param.requires_grad and not any(key in name for key in LORA_PARAM_NAMES)
+        for name, param in unwrap_model(model).named_parameters()
+        if param.requires_grad and not is_lora_parameter(name)
     ]
 
 
@@ -178,27 +172,10 @@ def _write_atomically(
     write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write into a temp dir beside the target, then swap it in, so a reader never sees half an adapter."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in output_dir.glob(f"{TEMP_PREFIX}*"):
-        logger.warning("removing leftover of an interrupted adapter save: %s", leftover)
-        shutil.rmtree(leftover)
-    temp_dir = output_dir / f"{TEMP_PREFIX}{os.getpid()}"
-    target = output_dir / ADAPTER_DIR_NAME
-    temp_dir.mkdir()
-    try:
+    target = output_dir / LORA_ADAPTER_DIR
+    with atomic.staging_dir(target) as temp_dir:
         save_file(tensors, temp_dir / ADAPTER_WEIGHTS_NAME, metadata={"format": "pt"})
         (temp_dir / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         if write_extra is not None:
             write_extra(temp_dir)
-        if target.exists():
-            # A directory cannot be replaced by rename: move the old one aside first, delete it after.
-            old = output_dir / f"{TEMP_PREFIX}old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(temp_dir, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(temp_dir, target)
-    finally:
-        if temp_dir.exists():
-            shutil.rmtree(temp_dir)
     return target

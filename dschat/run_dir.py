@@ -1,0 +1,58 @@
+"""What a run's output directory holds: the file names, and ``dschat_run.json`` (how the model was trained).
+
+The one owner of that layout, used by the save, the chatbot, evaluation, the demo and the server. Stdlib only,
+so reading a model's run info never imports DeepSpeed or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dschat import __version__
+from dschat.errors import DschatError
+from dschat.utils import atomic
+from dschat.utils.data.prompts import UPSTREAM
+
+CONFIG_NAME = "config.json"
+RUN_INFO_NAME = "dschat_run.json"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+LORA_ADAPTER_DIR = "lora_adapter"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+BIN_WEIGHTS_NAME = "pytorch_model.bin"  # upstream's single-file format
+
+
+def run_info(prompt_template: str, flags: dict) -> dict:
+    """What the output dir records about the run: the prompt format (chat and eval default to it) and all flags."""
+    return {
+        "dschat_version": __version__,
+        "prompt_template": prompt_template,
+        "eos_token_appended": prompt_template == UPSTREAM,
+        "args": flags,
+    }
+
+
+def write_run_info(output_dir: str | os.PathLike, info: dict) -> None:
+    """Write dschat_run.json atomically."""
+    atomic.write_json(Path(output_dir) / RUN_INFO_NAME, info, indent=2, sort_keys=True, default=str)
+
+
+def read_run_info(model_dir: str | os.PathLike) -> dict:
+    """The dschat_run.json saved with a model, or {} for a model dschat did not train."""
+    path = Path(model_dir) / RUN_INFO_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DschatError(
+            f"{path} is not valid JSON ({err}); restore it from the training run or delete it to load the model "
+            "without dschat run info"
+        ) from err
+
+
+def trained_prompt_template(model_dir: str | os.PathLike) -> str:
+    """The prompt format a model was trained with (upstream's when it has no run info)."""
+    return read_run_info(model_dir).get("prompt_template", UPSTREAM)

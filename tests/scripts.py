@@ -1,0 +1,25 @@
+"""The repo's scripts as modules for in-process tests: each is loaded once, whichever test file asks."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP1 = ROOT / "training" / "step1_supervised_finetuning"
+MAIN = STEP1 / "main.py"
+
+
+@functools.cache
+def load_script(path: Path) -> ModuleType:
+    """Import a script that is not part of a package (main.py, prompt_eval.py, make_demo_data.py)."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def step1_main() -> ModuleType:
+    return load_script(MAIN)
