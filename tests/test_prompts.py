@@ -193,11 +193,6 @@ def test_parse_keeps_text_before_the_first_turn_as_system_text():
     assert prompts.parse_upstream_dialogue("") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: render_upstream writes a system message as ' System: <text>' but parse_upstream_dialogue "
-    "does not know the 'System:' marker, so the system text comes back as 'System: Be brief.'",
-)
 def test_parse_round_trips_a_system_message():
     text = joined(prompts.render_upstream(WITH_SYSTEM))
     assert prompts.parse_upstream_dialogue(text) == WITH_SYSTEM
@@ -220,11 +215,6 @@ def test_repeated_markers_give_alternating_roles():
     assert [m["role"] for m in messages] == ["user", "assistant"] and messages[1]["content"] == "a"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when a marker repeats, parse_upstream_dialogue merges the two turns and drops the marker "
-    "itself, so a question that quotes 'Human:' loses those characters (\"What does ' ' mean?\")",
-)
 def test_a_question_quoting_the_marker_keeps_its_text():
     messages = prompts.parse_upstream_dialogue(" Human: What does 'Human:' mean? Assistant: A turn marker.")
     assert messages == [

@@ -11,7 +11,7 @@ import zipfile
 from dschat.config import DataConfig
 from dschat.utils.data.tokenized import TokenizedSamples
 
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2  # 2: upstream-format text parsed with System: and quoted markers kept
 
 
 def local_files_fingerprint(data_paths: list[str]) -> str:

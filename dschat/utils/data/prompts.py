@@ -116,19 +116,22 @@ def parse_upstream_dialogue(text: str) -> list[dict]:
     chat template and to find answer spans for answer-only loss.
     """
     messages: list[dict] = []
-    pos, role = 0, None
+    pos, role, turn_start = 0, None, 0
     while True:
         hits = [(text.find(marker, pos), r, marker) for r, marker in _TURN_MARKERS]
         hits = [h for h in hits if h[0] >= 0]
         end = min(hits)[0] if hits else len(text)
         content = text[pos:end].strip()
         if role is None:
+            content = content.removeprefix(SYSTEM).strip()  # render_upstream's " System: ..." prefix
             if content:
                 messages.append({"role": "system", "content": content})
         elif messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += f" {content}"
+            # The same marker twice in a row is text of one turn (a question quoting "Human:"): keep it whole.
+            messages[-1]["content"] = text[turn_start:end].strip()
         else:
             messages.append({"role": role, "content": content})
+            turn_start = pos
         if not hits:
             return messages
         _, role, marker = min(hits)
