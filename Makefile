@@ -26,7 +26,8 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 demo: $(VENV)/.demo-installed
 	OMP_NUM_THREADS=$$(nproc) $(PY) -m dschat.demo
 
-test: $(VENV)/.installed browser
+# The house format and lint rules are part of the suite: CI runs them first.
+test: lint browser
 	$(PY) -m pytest -q tests
 
 # The chat page's browser test drives Debian's chromium through its driver (CI runs as root on a fresh clone).

@@ -49,7 +49,10 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    """Upstream's data flags, plus dschat's --prompt_template, --data_weights, --train_on_prompt, --reload_data."""
+    """Upstream's data flags, plus dschat's --prompt_template, --data_weights, --train_on_prompt, --reload_data.
+
+    (Over 50 lines only for its help texts: one flag per call.)
+    """
     group = parser.add_argument_group("data")
     add = group.add_argument
     add(

@@ -14,12 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from dschat.errors import DschatError
-from dschat.utils.model.model_utils import (
-    causal_lm_model_to_fp32_loss,
-    create_hf_model,
-    load_hf_tokenizer,
-    model_config_only,
-)
+from dschat.utils.model.model_utils import create_hf_model, load_hf_tokenizer, model_config_only
+from dschat.utils.model.patches import causal_lm_model_to_fp32_loss
 
 ARCHS = ("opt", "llama", "gpt2")
 TINY_VOCAB = 300  # tests/tiny.py trains 300-token vocabularies

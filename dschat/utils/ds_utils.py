@@ -71,6 +71,10 @@ def get_train_ds_config(
 ) -> dict[str, Any]:
     """Upstream's training config (spec 5.1); batch sizes are placeholders until set_batch_sizes.
 
+    Upstream's public signature: the step-3 knobs (hybrid engine, inference TP, mixed-precision LoRA) shape
+    blocks every upstream config carries, so they stay; the function is long because the dict is upstream's,
+    key for key.
+
     ``world_size`` and ``devices_per_node`` replace upstream's reads of torch.distributed and the
     accelerator; they matter only with ``enable_mixed_precision_lora`` (never in step 1).
     """

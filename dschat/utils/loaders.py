@@ -12,7 +12,8 @@ from dschat.config import BatchConfig, LoraConfig, TrainConfig
 from dschat.utils import dist
 from dschat.utils.data.batching import LengthGroupedSampler, PackedCollator, PackedDataset
 from dschat.utils.data.collate import SFTCollator
-from dschat.utils.model.model_utils import TORCH_DTYPES, active_dropout
+from dschat.utils.model.model_utils import TORCH_DTYPES
+from dschat.utils.model.patches import active_dropout
 
 logger = logging.getLogger(__name__)
 
