@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nloss curve: {curve}")
     print(f"demo time: {time.time() - started:.0f} s")
     print(f"\nChat with the fine-tuned model:\n  .venv/bin/python chat.py --path {model_dir}")
+    print("Serve it (OpenAI-compatible API, chat page at http://127.0.0.1:8000/):")
+    print(f"  .venv/bin/python -m dschat.serve --path {model_dir}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from dschat.utils.data.prompts import UPSTREAM
 
 CONFIG_NAME = "config.json"
 RUN_INFO_NAME = "dschat_run.json"
-METRICS_NAME = "metrics.jsonl"
+METRICS_NAME = "metrics.jsonl"  # one row per micro-step
+EVAL_METRICS_NAME = "eval.jsonl"  # one row per evaluation
 CHECKPOINTS_DIR = "checkpoints"
 LORA_ADAPTER_DIR = "lora_adapter"
 SAFE_WEIGHTS_NAME = "model.safetensors"

@@ -1,7 +1,7 @@
 """Clean SFT data before training: repair, malformed and length filters, dedup, near-dedup, decontamination.
 
-Command line (any ``--data_path``; writes ``train.jsonl``, ``eval.jsonl``, ``clean_report.{json,md}`` and
-``length_histogram.png``)::
+Command line (any ``--data_path``; writes ``train.jsonl``, ``eval.jsonl`` and ``report/`` with
+``clean_report.json``, ``clean_report.md`` and ``length_histogram.png``)::
 
     python -m dschat.clean --data_path data/demo --output_dir cleaned/
 

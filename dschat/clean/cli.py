@@ -94,6 +94,8 @@ def clean_to_dir(args: argparse.Namespace, config: CleanConfig, tokenizer) -> tu
     except BaseException:
         for writer in writers.values():
             writer.abort()
+        for split in ("train", "eval"):  # a spool not replayed yet (the error came first)
+            temp_name(directory / f"spool-{split}.jsonl").unlink(missing_ok=True)
         raise
     writers["train"].commit()
     if writers["eval"].count:

@@ -191,7 +191,9 @@ def save_histogram(path: str, before: np.ndarray, after: np.ndarray) -> None:
     top = max(int(np.percentile(before, 99.5)) if len(before) else 1, 1)
     bins = np.linspace(0, top, 50)
     ax.hist(np.minimum(before, top), bins=bins, alpha=0.5, label=f"before ({len(before)} records)")
-    ax.hist(np.minimum(after, top), bins=bins, alpha=0.5, label=f"after ({len(after)} records)")
+    ax.hist(
+        np.minimum(after, top), bins=bins, histtype="step", linewidth=2, label=f"after ({len(after)} records)"
+    )
     ax.set_xlabel("conversation length (characters; the top 0.5% in the last bin)")
     ax.set_ylabel("records")
     ax.legend()

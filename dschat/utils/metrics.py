@@ -5,40 +5,55 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import IO
 
-from dschat.run_dir import METRICS_NAME
+from dschat.run_dir import EVAL_METRICS_NAME, METRICS_NAME
 from dschat.utils import dist, perf
 
 logger = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """Per-step JSON lines in the output dir (rank 0), so runs can be plotted and compared.
+    """Per-step JSON lines (``metrics.jsonl``) and per-evaluation lines (``eval.jsonl``) in the output dir, on
+    rank 0, so runs can be plotted and compared.
 
-    A resumed run keeps the rows up to its checkpoint (``keep_steps``) and continues the file.
+    A resumed run keeps the rows up to its checkpoint (``keep_steps``) and continues the files.
     """
 
     def __init__(self, output_dir: str | None, keep_steps: int | None = None):
-        self.handle = None
+        self.handles: dict[str, IO] = {}
         if output_dir and dist.get_rank() == 0:
             os.makedirs(output_dir, exist_ok=True)
-            path = os.path.join(output_dir, METRICS_NAME)
-            kept = []
-            if keep_steps is not None and os.path.isfile(path):
-                with open(path) as old:
-                    kept = [line for line in old if json.loads(line)["step"] <= keep_steps]
-            self.handle = open(path, "w")
-            self.handle.writelines(kept)
+            for name in (METRICS_NAME, EVAL_METRICS_NAME):
+                self.handles[name] = _continue(os.path.join(output_dir, name), keep_steps)
+
+    def _write(self, name: str, row: dict) -> None:
+        if name in self.handles:
+            self.handles[name].write(json.dumps(row) + "\n")
+            self.handles[name].flush()
 
     def write(self, **row) -> None:
-        if self.handle:
-            self.handle.write(json.dumps(row) + "\n")
-            self.handle.flush()
+        self._write(METRICS_NAME, row)
+
+    def write_eval(self, result: EvalResult | None, **where) -> None:
+        if result is not None:
+            self._write(EVAL_METRICS_NAME, {**where, **asdict(result)})
 
     def close(self) -> None:
-        if self.handle:
-            self.handle.close()
+        for handle in self.handles.values():
+            handle.close()
+
+
+def _continue(path: str, keep_steps: int | None) -> IO:
+    """Open a metrics file for writing, keeping its rows up to ``keep_steps`` (a resumed run) or none."""
+    kept = []
+    if keep_steps is not None and os.path.isfile(path):
+        with open(path) as old:
+            kept = [line for line in old if json.loads(line)["step"] <= keep_steps]
+    handle = open(path, "w")
+    handle.writelines(kept)
+    return handle
 
 
 @dataclass
@@ -51,14 +66,20 @@ class EvalResult:
     token_loss: float
 
 
-def log_eval(result: EvalResult | None, epoch: int, num_epochs: int) -> None:
+def log_eval(result: EvalResult | None, epoch: int, num_epochs: int, scope: str) -> None:
+    """Upstream's eval line, then which tokens the perplexity covers (``scope``) and the token-weighted value.
+
+    ``scope`` is ``all_tokens`` (upstream: prompt and answer tokens) or ``answer_tokens``
+    (``--train_on_prompt false``); evaluation's and the demo's perplexity are answer-only.
+    """
     if result is not None:
         logger.info(
-            "ppl: %s, loss: %s (epoch=%d/%d token_weighted_ppl=%.4f token_weighted_loss=%.4f)",
+            "ppl: %s, loss: %s (epoch=%d/%d ppl_over=%s token_weighted_ppl=%.4f token_weighted_loss=%.4f)",
             result.perplexity,
             result.loss,
             epoch,
             num_epochs,
+            scope,
             result.token_perplexity,
             result.token_loss,
         )
@@ -94,5 +115,12 @@ def log_throughput(
         lora_dim=shape.lora_dim,
         num_params=shape.num_params,
     )
-    logger.info(perf.format_upstream_line(tput))
-    logger.info("step=%d loss=%.6f lr=%.3e %s", micro_step, loss, lr, perf.format_metrics(tput))
+    # One line: upstream's wording first (tools grep it), then the same numbers as key=value.
+    logger.info(
+        "%s | step=%d loss=%.6f lr=%.3e %s",
+        perf.format_upstream_line(tput),
+        micro_step,
+        loss,
+        lr,
+        perf.format_metrics(tput),
+    )

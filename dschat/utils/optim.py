@@ -56,7 +56,8 @@ def get_optimizer_grouped_parameters(
     for label, group in zip(("decay", "lora", "no_decay"), groups, strict=True):
         # Under ZeRO-3 the parameters are already partitioned: ds_numel is the full size.
         count = sum(getattr(p, "ds_numel", p.numel()) for p in group["params"])
-        logger.info("param_group=%s tensors=%d parameters=%d", label, len(group["params"]), count)
+        lr = f" lr={group['lr']:g}" if "lr" in group and group["params"] else ""
+        logger.info("param_group=%s tensors=%d parameters=%d%s", label, len(group["params"]), count, lr)
     return [group for group in groups if group["params"]]
 
 
@@ -75,9 +76,11 @@ def create_optimizer(param_groups: list[dict], learning_rate: float, offload: bo
         optimizer = torch.optim.AdamW(
             param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False
         )
-    logger.info(
-        "optimizer=%s lr=%g betas=%s eps=%g", type(optimizer).__name__, learning_rate, ADAM_BETAS, ADAM_EPS
-    )
+    own_rates = sorted({group["lr"] for group in param_groups if "lr" in group})  # the LoRA group's
+    rates = f"lr={learning_rate:g}" + "".join(f" lora_lr={rate:g}" for rate in own_rates)
+    if own_rates and all("lr" in group for group in param_groups):
+        rates = "".join(f"lora_lr={rate:g}" for rate in own_rates) + " (only LoRA parameters train)"
+    logger.info("optimizer=%s %s betas=%s eps=%g", type(optimizer).__name__, rates, ADAM_BETAS, ADAM_EPS)
     return optimizer
 
 

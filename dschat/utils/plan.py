@@ -73,7 +73,8 @@ class Plan:
             f"epochs={self.num_train_epochs} total_updates={total_updates}",
             f"zero_stage={self.zero_stage} offload={self.offload}",
             f"model states per device (DeepSpeed estimator, activations not included): "
-            f"device={self.device_memory_bytes / GIB:.2f}GiB host={self.host_memory_bytes / GIB:.2f}GiB",
+            f"device={self.device_memory_bytes / GIB:.2f}GiB host={self.host_memory_bytes / GIB:.2f}GiB "
+            f"device_bytes={self.device_memory_bytes} host_bytes={self.host_memory_bytes}",
         ]
 
 

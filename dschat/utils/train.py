@@ -99,6 +99,18 @@ class Loop:
     stop: StopRequest
     shape: ModelShape
 
+    @property
+    def scope(self) -> str:
+        """Which tokens eval perplexity covers (what the loss is computed on)."""
+        return "all_tokens" if self.cfg.data.train_on_prompt else "answer_tokens"
+
+
+def evaluate_and_log(loop: Loop, state, epoch: int) -> None:
+    """Evaluate, log upstream's line and add a row to eval.jsonl (``epoch``: epochs completed, as upstream)."""
+    result = evaluate(loop.engine, loop.eval_loader, loop.device)
+    log_eval(result, epoch, loop.cfg.optim.num_train_epochs, loop.scope)
+    loop.metrics.write_eval(result, epoch=epoch, step=state.micro_step, update_step=state.update_step)
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -161,6 +173,15 @@ def epoch_batches(train_loader, state, resume_dir: str | None, epoch: int):
     return iterator, state.step_in_epoch
 
 
+def epoch_length(train_loader, state, cfg: TrainConfig, first: int) -> int:
+    """Micro-batches this epoch will run: all of them, or up to where --max_steps stops the run (bar and ETA)."""
+    total = len(train_loader)
+    if cfg.loop.max_steps:
+        updates_left = max(cfg.loop.max_steps - state.update_step, 0)
+        total = min(total, first + updates_left * cfg.batch.gradient_accumulation_steps)
+    return total
+
+
 def train_epoch(loop: Loop, state, train_loader, resume_dir: str | None, epoch: int) -> Outcome:
     """Every remaining micro-batch of one epoch."""
     cfg, engine = loop.cfg, loop.engine
@@ -170,18 +191,25 @@ def train_epoch(loop: Loop, state, train_loader, resume_dir: str | None, epoch: 
     batches, first = epoch_batches(train_loader, state, resume_dir, epoch)
     state.epoch, state.step_in_epoch = epoch, first
     bar = tqdm(
-        batches,
-        total=len(train_loader),
+        total=epoch_length(train_loader, state, cfg, first),
         initial=first,
         desc=f"epoch {epoch + 1}/{cfg.optim.num_train_epochs}",
         disable=dist.get_rank() != 0,
         dynamic_ncols=True,
     )
-    for step, batch in enumerate(bar, start=first):
+    with bar:
+        return train_batches(loop, state, batches, bar, first, epoch)
+
+
+def train_batches(loop: Loop, state, batches, bar, first: int, epoch: int) -> Outcome:
+    """The micro-steps of one epoch, with evaluation, checkpoints and stops where they fall due."""
+    cfg, engine = loop.cfg, loop.engine
+    for step, batch in enumerate(batches, start=first):
         result = micro_step(loop, state, batch, epoch, step)
+        bar.update(1)
         bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}")
         if cfg.loop.eval_interval and state.micro_step % cfg.loop.eval_interval == 0:
-            log_eval(evaluate(engine, loop.eval_loader, loop.device), epoch + 1, cfg.optim.num_train_epochs)
+            evaluate_and_log(loop, state, epoch + 1)
             engine.train()
         periodic = cfg.loop.save_interval and state.update_step % cfg.loop.save_interval == 0
         if result.update_boundary and cfg.output.output_dir and (result.stop_requested or periodic):
@@ -218,7 +246,7 @@ def train(
     logger.info("***** Running training *****")
     if resume_dir is None:
         logger.info("***** Evaluating perplexity, Epoch 0/%d *****", epochs)
-        log_eval(evaluate(engine, eval_loader, device), 0, epochs)
+        evaluate_and_log(loop, state, 0)
     outcome = Outcome.DONE
     for epoch in range(state.epoch, epochs):
         logger.info("Beginning of Epoch %d/%d, Total Micro Batches %d", epoch + 1, epochs, len(train_loader))
@@ -227,7 +255,7 @@ def train(
             break
         state.step_in_epoch = len(train_loader)
         logger.info("***** Evaluating perplexity, Epoch %d/%d *****", epoch + 1, epochs)
-        log_eval(evaluate(engine, eval_loader, device), epoch + 1, epochs)
+        evaluate_and_log(loop, state, epoch + 1)
         engine.tput_timer.update_epoch_count()
         if outcome is Outcome.MAX_STEPS:
             logger.info("stopping after max_steps=%d optimizer updates", cfg.loop.max_steps)

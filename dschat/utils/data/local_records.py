@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from dschat.errors import DschatError
+from dschat.errors import DschatError, quote
 from dschat.utils.data import prompts
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _read_parquet(path: Path) -> list[tuple[str, dict]]:
         rows = pq.read_table(path).to_pylist()
     except (pa.ArrowException, OSError) as err:
         raise DschatError(
-            f"{path}: cannot read it as parquet ({err}). "
+            f"{path}: cannot read it as parquet ({quote(str(err))}). "
             "Fix: rewrite it with pandas.DataFrame.to_parquet or pyarrow, or convert it to .jsonl."
         ) from None
     return [(f"{path} row {n}", row) for n, row in enumerate(rows, 1)]
@@ -135,7 +135,7 @@ def _detect_shape(where: str, record: dict) -> Shape:
         if all(field in record for field in shape.required):
             return shape
     raise DschatError(
-        f"{where}: cannot tell the record shape from its fields {sorted(record)}. "
+        f"{where}: cannot tell the record shape from its fields {quote(sorted(record))}. "
         f"Fix: use one of the accepted shapes {SHAPES_HELP} (the first record of each file sets its shape)."
     )
 
