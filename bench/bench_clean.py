@@ -155,7 +155,9 @@ def markdown(results: list[dict], num_proc: int) -> str:
         lines.append(f"| {r['size']:,} | {r['wall_s']} | {r['records_per_s']:,} | {r['cpu_s']} | {per_cpu:,.0f} | {r['peak_rss_main_gb']} | {r['peak_rss_worker_gb']} | {r['kept']['train']:,} |")  # fmt: skip
     lines += [
         "",
-        "Per rule, records per CPU-second (time summed over workers; `checked` records / seconds):",
+        "Per rule, records per second of time inside the rule, summed over workers (wall clock: lower when the "
+        "cores are shared). `near_dup` includes the tokenisation it shares with `contaminated`; `exact_dup` is the "
+        "main process's bookkeeping per record (digest set, spooling survivors).",
         "",
     ]
     names = list(results[-1]["rules"])
