@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_clean import WORDS, chat, clean_records
+from test_clean import chat, clean_records
 
 from dschat.clean import cli
 from dschat.errors import run_cli
@@ -24,7 +24,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def messy_dir(root: Path) -> Path:
-    """train.jsonl (messages: clean + defects) + train-extra... no: one train, one eval file, mixed shapes."""
+    """A train.jsonl (messages: 40 clean records and 4 defects) and an eval.jsonl ({prompt, response})."""
     data = root / "data"
     data.mkdir()
     clean = clean_records(40)
@@ -124,9 +124,35 @@ def test_output_dir_never_overwrites_input_or_mixes_with_other_data(tmp_path, ca
     (other / "notes.json").write_text("{}")
     assert run_cli(cli.main, ["--data_path", str(data), "--output_dir", str(other)]) == 2
     assert "already holds data files ['notes.json']" in capsys.readouterr().err
-    rng_words = " ".join(WORDS[:3])
     assert run_cli(cli.main, ["--data_path", str(data), "--output_dir", str(tmp_path / "o"), "--min_answer_chars", "9999"]) == 2  # fmt: skip
-    assert "every training record" in capsys.readouterr().err and rng_words
+    assert "every training record" in capsys.readouterr().err
     assert not (tmp_path / "o" / "train.jsonl").exists() and not any(
         p.name.startswith(".") for p in (tmp_path / "o").iterdir()
     )
+
+
+def test_a_registry_dataset_local_copy_is_read_through_its_adapter(tmp_path):
+    import datasets
+
+    rows = [
+        {
+            "prompt": f"\n\nHuman: {m[0]['content']}\n\nAssistant:",
+            "chosen": " " + m[1]["content"],
+            "rejected": " no",
+        }
+        for m in clean_records(12)
+    ]
+    copy = tmp_path / "Dahoas" / "rm-static"
+    splits = {
+        "train": datasets.Dataset.from_list(rows[:10] + rows[:1]),
+        "test": datasets.Dataset.from_list(rows[10:]),
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(copy))
+    out = tmp_path / "out"
+    argv = ["--data_path", str(copy), "--output_dir", str(out), "--data_output_path", str(tmp_path / "cache")]
+    assert run_cli(cli.main, argv) == 0
+    train = [json.loads(line)["messages"] for line in (out / "train.jsonl").read_text().splitlines()]
+    assert train == clean_records(12)[:10]  # the adapter's dialogue, parsed to messages; the repeat removed
+    assert len((out / "eval.jsonl").read_text().splitlines()) == 2
+    report = json.loads((out / "report" / "clean_report.json").read_text())
+    assert report["rules"]["exact_dup"]["examples"][0]["where"] == f"{copy} train row 11"

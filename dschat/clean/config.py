@@ -122,22 +122,27 @@ def library_versions(config: CleanConfig) -> dict[str, str]:
     return versions
 
 
+_ONOFF = dict(type=parse_bool, metavar="{true,false}")
+
+
 def add_clean_args(parser: argparse.ArgumentParser) -> None:
-    """The cleaning rules' flags (none of them exists in main.py, so main.py can add the group as is)."""
-    d = CleanConfig()
-    group = parser.add_argument_group("cleaning rules")
-    flag = group.add_argument
-    onoff = dict(type=parse_bool, metavar="{true,false}")
+    """The cleaning rules' flags in two groups (none exists in main.py, so main.py can add them as they are)."""
+    _add_filter_args(parser.add_argument_group("cleaning: repairs and per-record filters"))
+    _add_dedup_args(parser.add_argument_group("cleaning: duplicates and contamination"))
+
+
+def _add_filter_args(group: argparse._ArgumentGroup) -> None:
+    d, flag = CleanConfig(), group.add_argument
     flag(
         "--repair",
         default=d.repair,
-        **onoff,
+        **_ONOFF,
         help="Fix mojibake and broken unicode (ftfy), NFC, line ends, trailing spaces, control and zero-width characters.",
     )
     flag(
         "--drop_malformed",
         default=d.drop_malformed,
-        **onoff,
+        **_ONOFF,
         help="Drop records with an empty prompt, answer or turn, no assistant turn, or roles out of order.",
     )
     flag(
@@ -156,19 +161,37 @@ def add_clean_args(parser: argparse.ArgumentParser) -> None:
     flag(
         "--drop_no_loss_tokens",
         default=d.drop_no_loss_tokens,
-        **onoff,
+        **_ONOFF,
         help="Drop records left with no loss-bearing token after truncation (main.py refuses them).",
     )
     flag(
+        "--scrub_pii",
+        action="store_true",
+        help="Replace emails, IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE> (off by default).",
+    )
+    flag(
+        "--languages",
+        nargs="*",
+        default=list(d.languages),
+        metavar="CODE",
+        help="Keep only records py3langid (offline) gives >= 0.1 probability for these ISO 639-1 codes together, "
+        "e.g. en de (off by default).",
+    )
+    flag("--num_proc", type=int, default=d.num_proc, help="Worker processes for the per-record rules.")
+
+
+def _add_dedup_args(group: argparse._ArgumentGroup) -> None:
+    d, flag = CleanConfig(), group.add_argument
+    flag(
         "--exact_dedup",
         default=d.exact_dedup,
-        **onoff,
+        **_ONOFF,
         help="Drop exact duplicates of the whole conversation after NFKC, case folding and whitespace collapse.",
     )
     flag(
         "--near_dedup",
         default=d.near_dedup,
-        **onoff,
+        **_ONOFF,
         help="Drop near-duplicates (MinHash LSH over word n-grams), keeping the first record of each cluster.",
     )
     flag(
@@ -182,7 +205,7 @@ def add_clean_args(parser: argparse.ArgumentParser) -> None:
     flag(
         "--decontaminate",
         default=d.decontaminate,
-        **onoff,
+        **_ONOFF,
         help="Drop train records sharing an n-gram with the eval split or --decontaminate_against files.",
     )
     flag(
@@ -199,16 +222,3 @@ def add_clean_args(parser: argparse.ArgumentParser) -> None:
         help="Benchmark files to decontaminate against: .txt (one item per line), .json/.jsonl/.parquet "
         "(every string field), or anything --data_path takes.",
     )
-    flag(
-        "--scrub_pii",
-        action="store_true",
-        help="Replace emails, IP addresses and phone numbers with <EMAIL>, <IP_ADDRESS>, <PHONE> (off by default).",
-    )
-    flag(
-        "--languages",
-        nargs="*",
-        default=list(d.languages),
-        metavar="CODE",
-        help="Keep only records detected (py3langid, offline) as one of these ISO 639-1 codes, e.g. en de (off by default).",
-    )
-    flag("--num_proc", type=int, default=d.num_proc, help="Worker processes for the per-record rules.")  # fmt: skip
