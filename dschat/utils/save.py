@@ -123,6 +123,7 @@ def _write_hf_format(
         chat_export.save_chat_format(tokenizer, temp_dir, run_info)  # template: the trained format
         if run_info is not None:
             write_run_info(temp_dir, run_info)
+        atomic.default_permissions(temp_dir)
         _swap_in(temp_dir, output_dir)
     finally:
         if temp_dir.exists():
