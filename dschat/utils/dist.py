@@ -33,6 +33,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def accelerator():
+    """DeepSpeed's accelerator (imported here, after dschat has quietened its CPU-fallback warning)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator()
+
+
 def comm_device() -> str:
     """Device for collective tensors: the accelerator for NCCL-like backends, CPU for gloo."""
     from deepspeed.accelerator import get_accelerator

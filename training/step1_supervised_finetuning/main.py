@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from deepspeed.accelerator import get_accelerator
 from transformers import AutoModelForCausalLM
 
 from dschat import config, run_dir
@@ -34,7 +33,7 @@ logger = logging.getLogger("dschat.step1")
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_train_args(argv)
-    accel = get_accelerator()
+    accel = dist.accelerator()
     validate_train_args(args, accel.device_name(), accel.is_fp16_supported(), accel.is_bf16_supported())
     cfg = config.from_args(args)
     resume_dir = checkpoint.resolve_resume_path(cfg.output)
