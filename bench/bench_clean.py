@@ -85,7 +85,7 @@ def records(count: int, seed: int, eval_prompts: list[str] | None = None):
         yield f"record {i + 1}", messages, None
 
 
-def run_one(size: int, num_proc: int) -> dict:
+def run_one(size: int, num_proc: int, model: str | None = None, extra_rules: bool = False) -> dict:
     """Clean ``size`` train records (+1% eval) in this process; per-rule timings, wall time, peak RSS."""
     from dschat.clean.config import CleanConfig
     from dschat.clean.output import AtomicJsonl
@@ -94,7 +94,12 @@ def run_one(size: int, num_proc: int) -> dict:
     eval_size = max(int(size * EVAL_FRACTION), 10)
     eval_items = list(records(eval_size, seed=2))
     eval_prompts = [messages[0]["content"] for _, messages, _ in eval_items[:200]]
-    config = CleanConfig(num_proc=num_proc)
+    config = CleanConfig(num_proc=num_proc, scrub_pii=extra_rules, languages=("en",) if extra_rules else ())
+    tokenizer = None
+    if model:
+        from dschat.utils.model.model_utils import load_hf_tokenizer
+
+        tokenizer = load_hf_tokenizer(model)
     with tempfile.TemporaryDirectory() as tmp:
         out = {split: AtomicJsonl(Path(tmp) / f"{split}.jsonl") for split in ("train", "eval")}
         start = time.perf_counter()
@@ -102,7 +107,7 @@ def run_one(size: int, num_proc: int) -> dict:
             (records(size, seed=1, eval_prompts=eval_prompts), size),
             (iter(eval_items), eval_size),
             config,
-            None,
+            tokenizer,
             lambda split: FileSpool(os.path.join(tmp, f"spool-{split}.jsonl")),
             lambda index, where, messages: out["train"].write(messages),
             lambda index, where, messages: out["eval"].write(messages),
@@ -134,18 +139,31 @@ def _cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def markdown(results: list[dict], num_proc: int) -> str:
+def markdown(results: list[dict], args: argparse.Namespace) -> str:
     versions = ", ".join(f"{name} {version(name)}" for name in ("ftfy", "datasketch", "numpy", "xxhash"))
     lines = [
         "# Cleaning benchmark: `python -m dschat.clean` stages on synthetic records",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} by `python bench/bench_clean.py --sizes "
-        f"{' '.join(str(r['size']) for r in results)} --num_proc {num_proc}` on {platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, {versions}; {num_proc} worker processes, "
+        f"{' '.join(str(r['size']) for r in results)} --num_proc {args.num_proc}"
+        + (" --model_name_or_path " + Path(args.model_name_or_path).name if args.model_name_or_path else "")
+        + (" --extra_rules" if args.extra_rules else "")
+        + f"` on {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, {versions}; {args.num_proc} worker processes, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
         "Records: ~500 characters (15-word prompt, 60-word answer, Zipf-distributed 20k-word vocabulary) with "
         f"defects injected ({', '.join(f'{k} {v:.1%}' for k, v in RATES.items())}); eval = 1% extra records. "
-        "Default rules (no tokenizer: the token-length rules are off; PII and language off).",
+        "Default rules"
+        + (
+            f", token-length rules with the `{Path(args.model_name_or_path).name}` tokenizer"
+            if args.model_name_or_path
+            else " (no tokenizer: the token-length rules are off)"
+        )
+        + (
+            "; PII scrub and `--languages en` on."
+            if args.extra_rules
+            else "; PII scrub and language filter off."
+        ),
         "",
         "| records | wall s | records/s | CPU s (all processes) | records per CPU-s | peak RSS main GB | peak RSS worker GB | kept train |",
         "|---|---|---|---|---|---|---|---|",
@@ -178,21 +196,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     parser.add_argument("--num_proc", type=int, default=2)
     parser.add_argument(
+        "--model_name_or_path", default=None, help="A tokenizer: also run the token-length rules."
+    )
+    parser.add_argument(
+        "--extra_rules", action="store_true", help="Also run the PII scrub and --languages en."
+    )
+    parser.add_argument(
         "--one", type=int, default=None, help=argparse.SUPPRESS
     )  # internal: one size, JSON out
     args = parser.parse_args(argv)
     if args.one is not None:
-        print(json.dumps(run_one(args.one, args.num_proc)))
+        print(json.dumps(run_one(args.one, args.num_proc, args.model_name_or_path, args.extra_rules)))
         return
     results = []
     for size in args.sizes:
         command = [sys.executable, __file__, "--one", str(size), "--num_proc", str(args.num_proc)]
+        command += ["--model_name_or_path", args.model_name_or_path] if args.model_name_or_path else []
+        command += ["--extra_rules"] if args.extra_rules else []
         proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, check=True)
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(f"{size:>9,} records: {results[-1]['wall_s']} s, {results[-1]['records_per_s']:,} records/s, "
               f"peak RSS {results[-1]['peak_rss_main_gb']} GB (+ workers {results[-1]['peak_rss_worker_gb']} GB each)",
               file=sys.stderr, flush=True)  # fmt: skip
-    print(markdown(results, args.num_proc))
+    print(markdown(results, args))
 
 
 if __name__ == "__main__":

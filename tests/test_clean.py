@@ -13,6 +13,7 @@ from dschat.clean import CleanConfig, add_clean_args, clean_conversations, rules
 from dschat.clean.near_dup import Signer, find_near_duplicates
 from dschat.clean.text import repair_text
 from dschat.errors import DschatError
+from dschat.utils.data import prompts
 
 WORDS = (
     "lighthouse harbour anchor tide compass lantern gull storm keel rope sail mast deck galley chart reef wave "
@@ -181,6 +182,9 @@ def test_token_length_rules(tmp_path):
         "no loss-bearing answer tokens in the first 40"
         in result.report.rules["no_loss_tokens"].examples[0].why
     )
+    assert (
+        clean_conversations([chat("q", "")], config=config, tokenizer=tokenizer).train_keep == []
+    )  # none left
 
 
 def test_near_duplicate_clusters_keep_their_earliest_record():
@@ -244,3 +248,28 @@ def test_config_from_namespace_cache_fields_and_validation():
     assert {"clean_version", "libraries", "near_dup_threshold"} <= set(config.cache_fields())
     with pytest.raises(DschatError, match=r"--near_dup_threshold 1.5: must be in \(0, 1\]; --num_proc 0"):
         CleanConfig(near_dup_threshold=1.5, num_proc=0).validate()
+
+
+def test_token_counts_equal_the_tokenizers_own_call(tmp_path):
+    from dschat.clean.length import TokenLengths
+
+    tokenizer = tiny.make_tokenizer(tmp_path / "tok", "llama")
+    conversations = [
+        chat("What is the capital of France?", "Paris."),
+        chat("Hi", "hello there " * 9, system="Be brief."),
+    ]
+    for template in ("upstream", "chat_template"):
+        lengths = TokenLengths(tokenizer, 16, template, train_on_prompt=False)
+        texts = [
+            "".join(s.text for s in prompts.render(c, template, tokenizer)) + lengths.eos
+            for c in conversations
+        ]
+        expected = tokenizer(
+            texts, add_special_tokens=lengths.add_special_tokens, return_offsets_mapping=True
+        )
+        got = lengths._encode(texts)
+        assert [ids for ids, _ in got] == expected["input_ids"]
+        assert [list(map(tuple, offsets)) for _, offsets in got] == [
+            list(map(tuple, o)) for o in expected["offset_mapping"]
+        ]
+        assert [c.tokens for c in lengths.count(conversations)] == [len(ids) for ids in expected["input_ids"]]

@@ -86,7 +86,10 @@ def language_reason(messages: list[dict], languages: tuple[str, ...]) -> str | N
     (Nigerian Pidgin) first and English a close second, and that must not drop it.
     """
     text = "\n".join(m["content"] for m in messages if m["role"] != "system")
-    ranked = _language_identifier().rank(text)
+    identifier = _language_identifier()
+    if identifier.classify(text)[0] in languages:  # the common case, without ranking every language
+        return None
+    ranked = identifier.rank(text)
     allowed = sum(p for language, p in ranked if language in languages)
     if allowed >= MIN_LANGUAGE_PROBABILITY:
         return None
