@@ -138,7 +138,9 @@ class CleanReport:
                 continue
             for ex in stats.examples:
                 if ex.after is None:
-                    out.append(f"- {ex.split} `{ex.where}`: {ex.why}\n  > {ex.text}")
+                    out.append(
+                        f"- {ex.split} `{ex.where}`: {ex.why}" + (f"\n  > {ex.text}" if ex.text else "")
+                    )
                 else:
                     out.append(f"- {ex.split} `{ex.where}`:\n  > before: {ex.text}\n  > after:  {ex.after}")
             out.append("")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dschat.clean.text import preview
 from dschat.errors import DschatError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ class SplitSource:
             skipped = None
             if messages is None:
                 skipped = (drop_reason(sample) if drop_reason else None) or ADAPTER_SKIPPED
+                prompt = self.raw.get_prompt(sample)
+                skipped += f" (prompt: {preview(prompt, 100)!r})" if prompt else ""
             yield where, messages, skipped
 
 
