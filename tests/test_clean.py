@@ -99,6 +99,13 @@ def test_each_defect_is_removed_and_clean_records_are_untouched():
     ]
 
 
+def test_clean_data_is_left_as_it_is():
+    train, evaluation = clean_records(20), clean_records(5, seed=1)
+    result = clean_conversations(train, evaluation)
+    assert result.unchanged and result.train == train and result.eval == evaluation
+    assert not clean_conversations(train + train[:1], evaluation).unchanged
+
+
 def test_mojibake_is_repaired_and_the_record_kept():
     broken = chat("What does cafÃ© mean?", "Itâ€™s a coffee\u200b shop.  \r\n\r\n\r\nSee you.")
     result = clean_conversations([broken, *clean_records(3)])

@@ -21,8 +21,8 @@ Library API (for an in-pipeline ``--clean_data``)::
     result.train_changed, result.eval_changed  # kept indices whose text a repair / the PII scrub changed
     result.report                              # CleanReport: .table(), .to_dict(), .write(directory)
 
-When nothing is removed and nothing changed (``train_keep == list(range(len(train)))`` and ``train_changed ==
-[]``), the original samples can be used as they are, so clean data gives the same cache and losses.
+``result.unchanged`` is True when nothing was removed or changed: the original samples can then be used as
+they are, so clean data gives the same cache and the same losses.
 ``tokenizer`` (main.py's) enables the token-length rules. Rules are plain functions (``rules``, ``length``);
 exact dedup, near-dedup (``near_dup``) and decontamination (``decontam``) are separate stages over compact
 indexes (``pipeline``).

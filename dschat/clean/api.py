@@ -25,6 +25,12 @@ class CleanResult:
     eval_changed: list[int]
     report: CleanReport
 
+    @property
+    def unchanged(self) -> bool:
+        """Nothing removed and nothing changed: the caller can keep its original samples (same cache, same losses)."""
+        kept_all = all(keep == list(range(n)) for keep, n in ((self.train_keep, self.report.inputs["train"]), (self.eval_keep, self.report.inputs["eval"])))  # fmt: skip
+        return kept_all and not self.train_changed and not self.eval_changed
+
 
 def _items(split: str, conversations: Sequence[Conversation | None]):
     for i, messages in enumerate(conversations):
