@@ -17,8 +17,6 @@ from dschat.utils.data.raw_datasets import get_raw_dataset
 from dschat.utils.module.lora import convert_linear_layer_to_lora, lora_modules
 from dschat.utils.save import save_final_model, save_hf_format
 
-pytestmark = pytest.mark.usefixtures("dist_env")
-
 SYSTEM = {"role": "system", "content": "You are Pip, a cheerful lighthouse keeper."}
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],

@@ -66,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max_queue", type=int, default=64, help="Most requests held (queued + running); then 429."
     )
     load.add_argument(
-        "--batch_wait_ms", type=float, default=20.0, help="How long a new batch waits for more requests (ms)."
+        "--batch_wait_ms",
+        type=float,
+        default=100.0,
+        help="How long a new batch waits for more requests (ms): long enough for the clients of the batch that "
+        "just ended to send their next request, so they join instead of forming a second, alternating batch.",
     )
     load.add_argument("--max_messages", type=int, default=64, help="Most messages per chat request.")
     load.add_argument(

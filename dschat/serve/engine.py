@@ -63,7 +63,7 @@ class Engine:
         stop_ids: Sequence[int],
         max_batch_size: int = 16,
         max_queue: int = 64,
-        batch_wait_seconds: float = 0.02,
+        batch_wait_seconds: float = 0.1,
     ):
         self.model, self.tokenizer, self.stop_ids = model, tokenizer, list(stop_ids)
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
