@@ -113,42 +113,87 @@ def _run_stage(stage: RecordStage, items: Iterable[Item], num_proc: int) -> Iter
             yield pending.popleft().get()
 
 
-def clean_split(split: str, items: Iterable[Item], total: int, stage: RecordStage, report: CleanReport, spool, emit: Emit, eval_digests: set[bytes] | None = None) -> SplitResult:  # fmt: skip
+@dataclass
+class _Survivors:
+    """What the global stages keep per surviving record: where it came from, its digest and MinHash signature."""
+
+    signatures: np.ndarray | None
+    wheres: list[str] = field(default_factory=list)
+    first_with_digest: dict[bytes, int] = field(default_factory=dict)
+
+    def duplicate(
+        self, outcome, eval_digests: set[bytes] | None, exact_dedup: bool
+    ) -> tuple[str, str] | None:
+        """(rule, why) when the record repeats an eval record or an earlier survivor, else None."""
+        if outcome.digest is None:
+            return None
+        if eval_digests is not None and outcome.digest in eval_digests:
+            return "contaminated", "the same conversation as an eval record"
+        if exact_dedup and outcome.digest in self.first_with_digest:
+            return (
+                "exact_dup",
+                f"same normalised conversation as {self.wheres[self.first_with_digest[outcome.digest]]}",
+            )
+        return None
+
+    def add(self, outcome, signature: np.ndarray | None) -> None:
+        if outcome.digest is not None:
+            self.first_with_digest.setdefault(outcome.digest, len(self.wheres))
+        if self.signatures is not None:
+            self.signatures[len(self.wheres)] = signature
+        self.wheres.append(outcome.where)
+
+
+def clean_split(
+    split: str,
+    items: Iterable[Item],
+    total: int,
+    stage: RecordStage,
+    report: CleanReport,
+    spool,
+    emit: Emit,
+    eval_digests: set[bytes] | None = None,
+) -> SplitResult:
     """Run every rule over one split; ``emit`` receives each kept record, in input order."""
     config = stage.config
     report.inputs[split] += total
-    signatures = np.empty((total, config.near_dup_num_perm), np.uint32) if config.near_dedup else None
-    wheres: list[str] = []  # of the survivors, in spool order
-    survivor_index: list[int] = []
-    seen: dict[bytes, int] = {}
-    result = SplitResult()
-    index = 0
+    survivors = _Survivors(
+        np.empty((total, config.near_dup_num_perm), np.uint32) if config.near_dedup else None
+    )
+    result, index = SplitResult(), 0
     with tqdm(total=total, desc=f"clean {split}", unit="rec", disable=total < 10 * CHUNK_RECORDS) as bar:
         for chunk in _run_stage(stage, items, config.num_proc):
             for rule, seconds in chunk.seconds.items():
                 report.time(rule, seconds, chunk.checked[rule])
-            start, kept_rows = time.perf_counter(), 0
+            start, row = time.perf_counter(), 0  # row: this record's signature row in the chunk
             for outcome in chunk.outcomes:
                 _account(split, index, outcome, report, result)
                 if outcome.rule is None:
-                    duplicate_of = _duplicate(outcome, seen, wheres, eval_digests, config)
-                    if duplicate_of is not None:
-                        rule, why = duplicate_of
-                        report.drop(rule, split, outcome.where, why, conversation_text(outcome.messages))
+                    duplicate = survivors.duplicate(outcome, eval_digests, config.exact_dedup)
+                    if duplicate is not None:
+                        report.drop(
+                            duplicate[0],
+                            split,
+                            outcome.where,
+                            duplicate[1],
+                            conversation_text(outcome.messages),
+                        )
                     else:
-                        if outcome.digest is not None:
-                            seen.setdefault(outcome.digest, len(wheres))
-                        if signatures is not None:
-                            signatures[len(wheres)] = chunk.signatures[kept_rows]
-                        wheres.append(outcome.where)
-                        survivor_index.append(index)
+                        survivors.add(outcome, None if chunk.signatures is None else chunk.signatures[row])
                         spool.add(index, outcome.messages)
-                    kept_rows += 1
+                    row += 1
                 index += 1
             report.time("exact_dup", time.perf_counter() - start, 0)
             bar.update(len(chunk.outcomes))
-    near = _near_duplicates(signatures, len(wheres), config, report)
-    result.digests = set(seen)
+    result.digests = set(survivors.first_with_digest)
+    _replay(split, spool, survivors, config.near_dup_threshold, report, result, emit)
+    return result
+
+
+def _replay(split: str, spool, survivors: _Survivors, threshold: float, report: CleanReport, result: SplitResult, emit: Emit) -> None:  # fmt: skip
+    """Drop the near-duplicates among the spooled survivors and emit the rest, in input order."""
+    near = _near_duplicates(survivors.signatures, len(survivors.wheres), threshold, report)
+    wheres = survivors.wheres
     for position, (record, messages) in enumerate(spool.replay()):
         twin = near.get(position)
         if twin is not None:
@@ -160,7 +205,6 @@ def clean_split(split: str, items: Iterable[Item], total: int, stage: RecordStag
         emit(record, wheres[position], messages)
     result.changed &= set(result.kept)
     report.kept[split] += len(result.kept)
-    return result
 
 
 def _account(split: str, index: int, outcome, report: CleanReport, result: SplitResult) -> None:
@@ -174,25 +218,12 @@ def _account(split: str, index: int, outcome, report: CleanReport, result: Split
         report.drop(outcome.rule, split, outcome.where, outcome.why, outcome.text)
 
 
-def _duplicate(outcome, seen: dict, wheres: list[str], eval_digests: set[bytes] | None, config: CleanConfig):
-    """(rule, why) when the record repeats an eval record or an earlier record of its split, else None."""
-    if outcome.digest is None:
-        return None
-    if eval_digests is not None and outcome.digest in eval_digests:
-        return "contaminated", "the same conversation as an eval record"
-    if config.exact_dedup and outcome.digest in seen:
-        return "exact_dup", f"same normalised conversation as {wheres[seen[outcome.digest]]}"
-    return None
-
-
-def _near_duplicates(
-    signatures, count: int, config: CleanConfig, report: CleanReport
-) -> dict[int, tuple[int, float]]:
+def _near_duplicates(signatures: np.ndarray | None, count: int, threshold: float, report: CleanReport) -> dict[int, tuple[int, float]]:  # fmt: skip
     """Survivor position -> (kept twin's position, estimated Jaccard) for every near-duplicate to drop."""
     if signatures is None:
         return {}
     start = time.perf_counter()
-    found = find_near_duplicates(signatures[:count], config.near_dup_threshold)
+    found = find_near_duplicates(signatures[:count], threshold)
     report.time("near_dup", time.perf_counter() - start, 0)
     return {dup.index: (dup.kept, dup.jaccard) for dup in found}
 
