@@ -57,3 +57,27 @@ def read_run_info(model_dir: str | os.PathLike) -> dict:
 def trained_prompt_template(model_dir: str | os.PathLike) -> str:
     """The prompt format a model was trained with (upstream's when it has no run info)."""
     return read_run_info(model_dir).get("prompt_template", UPSTREAM)
+
+
+def comparison_template(model_dirs: list[str], requested: str | None = None) -> tuple[str, str]:
+    """The one prompt format to compare several models in, and why: a comparison in two formats measures the
+    formats, not the models (a base model prompted in upstream's text scores far worse than in its template).
+
+    ``requested`` (a --prompt_template flag) wins; else the format the trained models share (models without
+    run info, such as a base model, follow it); else upstream's. Models trained in different formats need a
+    choice: DschatError.
+    """
+    if requested:
+        return requested, "--prompt_template"
+    trained = {path: read_run_info(path).get("prompt_template") for path in model_dirs}
+    formats = sorted({fmt for fmt in trained.values() if fmt})
+    if len(formats) > 1:
+        listed = ", ".join(f"{path}: {fmt}" for path, fmt in trained.items() if fmt)
+        raise DschatError(
+            f"the models were trained in different prompt formats ({listed}); pass --prompt_template "
+            f"{' or '.join(formats)} to compare them in one format"
+        )
+    if formats:
+        which = ", ".join(path for path, fmt in trained.items() if fmt)
+        return formats[0], f"the format {which} was trained with, used for every model"
+    return UPSTREAM, "upstream's format (no model has dschat run info)"

@@ -11,7 +11,8 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
-from dschat.errors import run_cli
+from dschat import run_dir
+from dschat.errors import DschatError, run_cli
 from dschat.inference import evaluate, generation
 from dschat.run_dir import write_run_info
 
@@ -157,14 +158,17 @@ def test_load_samples_from_local_files(data_dir, tmp_path):
     assert len(evaluate.load_samples(str(data_dir), "train", 2, str(tmp_path / "cache"), 1234)) == 2
 
 
-def test_cli_writes_report_and_prints_table(tiny_models, data_dir, tmp_path, capsys):
+def test_cli_compares_every_model_in_one_format_and_writes_the_report(
+    tiny_models, data_dir, tmp_path, capsys
+):
+    """A base model (no run info) is scored in the format the fine-tune was trained with, and the output says so."""
     trained = tmp_path / "trained"
     shutil.copytree(tiny_models["llama"], trained)
     write_run_info(trained, {"prompt_template": "chat_template", "eos_token_appended": False, "args": {}})
     output = tmp_path / "report.json"
     argv = [
         "--model",
-        str(tiny_models["opt"]),
+        str(tiny_models["llama"]),
         str(trained),
         "--data_path",
         str(data_dir),
@@ -173,19 +177,40 @@ def test_cli_writes_report_and_prints_table(tiny_models, data_dir, tmp_path, cap
     ]
     argv += ["--max_new_tokens", "4", "--batch_size", "2", "--data_output_path", str(tmp_path / "cache")]
     assert run_cli(evaluate.main, [*argv, "--output", str(output)]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["model", "ppl", "BLEU", "answer_tokens", "tokens/s"]
-    assert [row.split()[0] for row in table[1:]] == [str(tiny_models["opt"]), str(trained)]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"prompt format: chat_template (the format {trained} was trained with")
+    assert lines[1].split() == ["model", "ppl", "BLEU", "answer_tokens", "tokens/s"]
+    assert [row.split()[0] for row in lines[2:]] == [str(tiny_models["llama"]), str(trained)]
     report = json.loads(output.read_text())
-    assert [m["prompt_template"] for m in report["models"]] == [
-        "upstream",
-        "chat_template",
-    ]  # from dschat_run.json
+    assert [m["prompt_template"] for m in report["models"]] == ["chat_template", "chat_template"]
     for model_report in report["models"]:
         assert set(model_report) == set(REPORT_SCHEMA)
         assert model_report["n_samples"] == len(model_report["samples"]) == 2
         assert model_report["ppl"] > 1 and model_report["tokens_per_second"] > 0
-    assert report["models"][1]["samples"][0]["prompt"].endswith("<|im_start|>assistant\n")
+        assert model_report["samples"][0]["prompt"].endswith("<|im_start|>assistant\n")
+    forced = [*argv, "--prompt_template", "upstream"]
+    assert (
+        run_cli(evaluate.main, forced) == 0
+        and "prompt format: upstream (--prompt_template)" in capsys.readouterr().out
+    )
+    # A base model whose tokenizer has no template cannot be compared in the fine-tune's template: say how.
+    assert run_cli(evaluate.main, ["--model", str(tiny_models["opt"]), str(trained), *argv[3:]]) == 2
+    assert "--prompt_template upstream" in capsys.readouterr().err
+
+
+def test_models_trained_in_different_formats_need_a_choice(tiny_models, tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for path, template in ((first, "chat_template"), (second, "upstream")):
+        path.mkdir()
+        write_run_info(
+            path, {"prompt_template": template, "eos_token_appended": template == "upstream", "args": {}}
+        )
+    with pytest.raises(DschatError, match="different prompt formats"):
+        run_dir.comparison_template([str(first), str(second)])
+    assert run_dir.comparison_template([str(first), str(second)], "upstream") == (
+        "upstream",
+        "--prompt_template",
+    )
 
 
 def test_bad_model_path_is_one_line_error(data_dir, tmp_path, capsys):
@@ -193,3 +218,55 @@ def test_bad_model_path_is_one_line_error(data_dir, tmp_path, capsys):
     assert run_cli(evaluate.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and "--batch_size 0" in err[0]
+
+
+def test_greedy_answers_do_not_depend_on_the_batch_size(tiny_models, tmp_path):
+    """Through the CLI: the same answers at --batch_size 1, 3 and 8 (prompts of several lengths, repeats too)."""
+    questions = ["Hi?", "What is two?", "Name a colour.", "Hi?", "Why is the sky blue today?", "What is one?"]
+    rows = [{"prompt": q * (1 + i % 3), "response": "Fine."} for i, q in enumerate(questions * 2)]
+    data = tmp_path / "qa"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (data / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    answers = []
+    for batch_size in ("1", "3", "8"):
+        out = tmp_path / f"report{batch_size}.json"
+        argv = [
+            "--model",
+            str(tiny_models["llama"]),
+            "--data_path",
+            str(data),
+            "--max_samples",
+            "0",
+            "--max_new_tokens",
+            "12",
+            "--batch_size",
+            batch_size,
+            "--data_output_path",
+            str(tmp_path / "c"),
+            "--output",
+            str(out),
+        ]
+        assert run_cli(evaluate.main, argv) == 0
+        answers.append([s["answer"] for s in json.loads(out.read_text())["models"][0]["samples"]])
+    assert len(answers[0]) == 12 and answers[0] == answers[1] == answers[2]
+
+
+def test_generation_batches_never_pad(tiny_models, monkeypatch):
+    """Why the answers above agree: every generate call gets prompts of one token length (no padding, whose
+    masked arithmetic rounds differently and can flip a greedy near-tie)."""
+    model, tokenizer = generation.load_model(str(tiny_models["llama"]), "cpu", "fp32")
+    seen, real = [], generation.generate_batch
+
+    def spy(model, tokenizer, texts, *args, **kwargs):
+        seen.append({len(tokenizer(t)["input_ids"]) for t in texts})
+        return real(model, tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_batch", spy)
+    samples = [(q * n, "a") for n in (1, 2, 3) for q in ("Hi?", "What is it?")] * 2
+    settings = generation.GenerationSettings(max_new_tokens=2)
+    out = evaluate.generate_answers(
+        model, tokenizer, samples, "upstream", settings, batch_size=3, progress=False
+    )
+    assert len(out["answers"]) == len(samples) and all(len(lengths) == 1 for lengths in seen)
+    assert max(len(batch) for batch in generation.equal_length_batches([5, 5, 5, 5, 7], 3)) == 3

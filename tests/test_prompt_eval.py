@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dschat.errors import DschatError, run_cli
+from dschat.run_dir import write_run_info
 from dschat.utils.model.model_utils import load_hf_tokenizer
 
 prompt_eval = scripts.load_script(scripts.STEP1 / "prompt_eval.py")
@@ -77,7 +79,8 @@ def test_six_prompts_with_upstream_headers_in_order(tiny_models, capsys):
 
 
 def test_prompt_lists_match_upstream():
-    assert prompt_eval.default_prompts("English") == UPSTREAM_ENGLISH
+    questions = prompt_eval.default_prompts("English")
+    assert [prompt_eval.render_prompt(q, "upstream", None) for q in questions] == UPSTREAM_ENGLISH
     assert all(len(questions) == 6 for questions in prompt_eval.QUESTIONS.values())
 
 
@@ -118,3 +121,28 @@ def test_flag_problems_are_reported_together(tiny_models, tmp_path):
     assert (
         "--num_return_sequences 2" in message and "--trust_remote_code" in message and "none.txt" in message
     )
+
+
+def test_both_models_get_the_fine_tunes_trained_format(tiny_models, tmp_path, capsys):
+    """A fine-tune trained with a chat template is compared in that template, the base model too."""
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_models["llama"], tuned)
+    write_run_info(tuned, {"prompt_template": "chat_template", "eos_token_appended": False, "args": {}})
+    argv = [
+        "--model_name_or_path_baseline",
+        str(tiny_models["llama"]),
+        "--model_name_or_path_finetune",
+        str(tuned),
+        "--max_new_tokens",
+        "2",
+        "--device",
+        "cpu",
+        "--language",
+        "English",
+    ]
+    assert run_cli(prompt_eval.main, argv) == 0
+    captured = capsys.readouterr()
+    assert "prompt format for both models: chat_template" in captured.err
+    assert "Human:" not in captured.out
+    assert run_cli(prompt_eval.main, [*argv, "--prompt_template", "upstream"]) == 0
+    assert captured.out != (upstream := capsys.readouterr().out) and upstream.count("Human: ") >= 12

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import math
 import sys
@@ -23,8 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dschat import run_dir
 from dschat.errors import DschatError, run_cli
 from dschat.inference import generation
+from dschat.utils import atomic
 from dschat.utils.data import prompts
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,11 @@ def generate_answers(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict:
-    """Answers to every prompt (batched, left padded), with rendered prompts, token counts and wall time."""
+    """Answers to every prompt, with rendered prompts, token counts and wall time.
+
+    Prompts are batched by equal token length (generation.equal_length_batches), so greedy answers are the
+    same for every ``batch_size``.
+    """
     from tqdm import tqdm
 
     texts = [prompts.generation_prompt(to_messages(p), prompt_template, tokenizer) for p, _ in samples]
@@ -151,23 +156,26 @@ def generate_answers(
             f"{context}-token context; use a smaller value"
         )
     max_prompt_tokens = context - settings.max_new_tokens if context else None
-    answers, new_tokens, seconds = [], [], 0.0
+    specials = prompts.adds_special_tokens(prompt_template)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=specials)["input_ids"]]
+    lengths = [min(n, max_prompt_tokens) if max_prompt_tokens else n for n in lengths]
+    answers, new_tokens, seconds = [""] * len(texts), [0] * len(texts), 0.0
     with tqdm(total=len(texts), desc="generate", unit="sample", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(texts), batch_size):
+        for batch in generation.equal_length_batches(lengths, batch_size):
             out = generation.generate_batch(
                 model,
                 tokenizer,
-                texts[start : start + batch_size],
+                [texts[i] for i in batch],
                 settings,
                 stop_ids,
-                prompts.adds_special_tokens(prompt_template),
+                specials,
                 prompts.stop_markers(prompt_template),
                 max_prompt_tokens,
             )
-            answers += out.texts
-            new_tokens += out.new_tokens
+            for i, text, count in zip(batch, out.texts, out.new_tokens):
+                answers[i], new_tokens[i] = text, count
             seconds += out.seconds
-            bar.update(len(out.texts))
+            bar.update(len(batch))
     return {"prompts": texts, "answers": answers, "new_tokens": new_tokens, "seconds": seconds}
 
 
@@ -286,7 +294,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prompt_template",
         choices=prompts.INFERENCE_PROMPT_TEMPLATES,
         default=None,
-        help="Default: each model's training format (dschat_run.json; upstream if absent).",
+        help="One format for every model compared. Default: the format the trained models share "
+        "(dschat_run.json), which a base model without run info follows too; upstream's if none has one.",
     )
     run.add_argument("--max_new_tokens", type=int, default=128, help="Most tokens per generated answer.")
     run.add_argument("--batch_size", type=int, default=8, help="Samples per forward / generate call.")
@@ -309,13 +318,21 @@ def main(argv: list[str] | None = None) -> None:
     samples = load_samples(args.data_path, args.split, args.max_samples, args.data_output_path, args.seed)
     logger.info("scoring %d samples of %s (%s split)", len(samples), args.data_path, args.split)
     settings = generation.settings_from_args(args)
+    template, why = run_dir.comparison_template(args.model, args.prompt_template)
+    logger.info("prompt format: %s (%s)", template, why)
     reports = []
     for model_dir in args.model:
         torch.manual_seed(args.seed)
         report = evaluate_model(
-            model_dir, samples, args.prompt_template, settings, args.batch_size, args.device, args.dtype,
+            model_dir,
+            samples,
+            template,
+            settings,
+            args.batch_size,
+            args.device,
+            args.dtype,
             trust_remote_code=args.trust_remote_code,
-        )  # fmt: skip
+        )
         reports.append(report)
     if args.output:
         summary = {
@@ -324,10 +341,9 @@ def main(argv: list[str] | None = None) -> None:
             "max_samples": args.max_samples,
             "models": reports,
         }
-        Path(args.output).write_text(
-            json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        atomic.write_json(args.output, summary, indent=2, ensure_ascii=False)
         logger.info("report written to %s", args.output)
+    print(f"prompt format: {template} ({why})")
     print(format_table(reports))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from dschat import run_dir
 from dschat.errors import DschatError, run_cli
 from dschat.inference.generation import DTYPES, resolve_device
 from dschat.utils.data import prompts
@@ -124,6 +125,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     group.add_argument("--seed", type=int, default=42, help="Seed for the sampling modes.")
     group.add_argument(
+        "--prompt_template",
+        choices=prompts.PROMPT_TEMPLATES,
+        default=None,
+        help="One prompt format for both models: upstream's 'Human: ... Assistant:' text or the tokenizer's chat "
+        "template. Default: the format the fine-tuned model was trained with (dschat_run.json), else upstream's.",
+    )
+    group.add_argument(
         "--trust_remote_code", action="store_true", help="Allow remote code (models, Hub decoding)."
     )
     return parser.parse_args(argv)
@@ -156,9 +164,17 @@ def validate_args(args: argparse.Namespace) -> None:
 
 
 def as_eval_prompt(text: str) -> str:
-    """A user's prompt as given when it has the format already, else wrapped as upstream's prompts are."""
-    text = text.strip()
-    return text if prompts.ASSISTANT in text else prompts.upstream_eval_prompt(text)
+    """A user's prompt as given when it has the format already, else the question itself (rendered later)."""
+    return text.strip()
+
+
+def render_prompt(text: str, template: str, tokenizer) -> str:
+    """The prompt both models get: as given when it is upstream-format text already, else in ``template``."""
+    if prompts.ASSISTANT in text:
+        return text
+    if template == prompts.CHAT_TEMPLATE:
+        return prompts.generation_prompt([{"role": "user", "content": text}], template, tokenizer)
+    return prompts.upstream_eval_prompt(text)
 
 
 def read_prompts_file(path: str) -> list[str]:
@@ -184,8 +200,8 @@ def read_prompts_file(path: str) -> list[str]:
 
 
 def default_prompts(language: str) -> list[str]:
-    """Upstream's six prompts in ``language``."""
-    return [prompts.upstream_eval_prompt(question) for question in QUESTIONS[language]]
+    """Upstream's six questions in ``language`` (rendered in the comparison's format by render_prompt)."""
+    return list(QUESTIONS[language])
 
 
 def build_model(path: str, tokenizer, args: argparse.Namespace, device: torch.device):
@@ -216,9 +232,10 @@ def generate_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def generate(model, tokenizer, prompt: str, device: torch.device, kwargs: dict) -> list[str]:
+def generate(model, tokenizer, prompt: str, device: torch.device, kwargs: dict, template: str) -> list[str]:
     """Decoded sequences (prompt included, as upstream printed them)."""
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
+    specials = prompts.adds_special_tokens(template)  # a chat template writes its own BOS
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=specials).to(device)
     try:
         output = model.generate(**inputs, pad_token_id=tokenizer.pad_token_id, **kwargs)
     except OSError as err:  # a Hub decoding repo that cannot be fetched
@@ -233,14 +250,15 @@ def print_sequences(sequences: list[str]) -> None:
         print()
 
 
-def prompt_eval(args, baseline, finetuned, tokenizer, device, prompt_list: list[str]) -> None:
-    """Print each prompt's baseline and fine-tuned answers under upstream's headers."""
+def prompt_eval(args, baseline, finetuned, tokenizer, device, prompt_list: list[str], template: str) -> None:
+    """Print each prompt's baseline and fine-tuned answers under upstream's headers, both in ``template``."""
     name, kwargs = MODES[args.generation], generate_kwargs(args)
-    for prompt in prompt_list:
+    for question in prompt_list:
+        prompt = render_prompt(question, template, tokenizer)
         print(f"==========Baseline: {name}=========")
-        print_sequences(generate(baseline, tokenizer, prompt, device, kwargs))
+        print_sequences(generate(baseline, tokenizer, prompt, device, kwargs, template))
         print(f"==========finetune: {name}=========")
-        print_sequences(generate(finetuned, tokenizer, prompt, device, kwargs))
+        print_sequences(generate(finetuned, tokenizer, prompt, device, kwargs, template))
         print(PROMPT_END)
         print()
         print()
@@ -262,8 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     prompt_list = (
         read_prompts_file(args.prompts_file) if args.prompts_file else default_prompts(args.language)
     )
+    template, why = run_dir.comparison_template([args.model_name_or_path_finetune], args.prompt_template)
+    logger.info("prompt format for both models: %s (%s)", template, why)
     torch.manual_seed(args.seed)
-    prompt_eval(args, baseline, finetuned, tokenizer, device, prompt_list)
+    prompt_eval(args, baseline, finetuned, tokenizer, device, prompt_list, template)
 
 
 if __name__ == "__main__":
