@@ -66,6 +66,8 @@ def test_piped_session_is_deterministic_and_in_training_format(trained, tmp_path
     answers = first.stdout.splitlines()
     assert len(answers) == 3  # two turns, clear, one turn, quit: the line after quit is never read
     assert "[history cleared]" in first.stderr
+    banner = first.stderr.split("\n[history")[0]  # stdout stays answers only; the banner is on stderr
+    assert f"model {trained} on cpu (float32)" in banner and "prompt format: upstream; greedy" in banner
     expected = greedy_answer(trained, " Human: Hello there Assistant:", 8)
     assert answers[0] == chat.escape_line(expected)
     # After `clear` the third prompt is answered without history: same as a fresh first turn.

@@ -153,6 +153,28 @@ def _answer(session: ChatSession, text: str, interactive: bool, round_number: in
         )
 
 
+def banner(
+    path: str, template: str, settings: generation.GenerationSettings, model, system: str | None
+) -> str:
+    """What the session runs: model, prompt format, decoding, device (on stderr: stdout carries only answers)."""
+    if settings.temperature > 0:
+        decoding = (
+            f"sampling temperature={settings.temperature} top_p={settings.top_p} top_k={settings.top_k}"
+        )
+    else:
+        decoding = "greedy (--temperature 0)"
+    lines = [
+        f"dschat chat: model {path} on {model.device} ({str(model.dtype).removeprefix('torch.')})",
+        f"  prompt format: {template}; {decoding}; max_new_tokens={settings.max_new_tokens}"
+        + (
+            f" repetition_penalty={settings.repetition_penalty}" if settings.repetition_penalty != 1.0 else ""
+        ),
+        f"  system prompt: {system!r}" if system else "  system prompt: none (--system TEXT)",
+        f"  type a message; '{CLEAR_COMMAND}' forgets the conversation, '{'/'.join(QUIT_COMMANDS)}' or Ctrl-D ends",
+    ]
+    return "\n".join(lines)
+
+
 def chat_loop(session: ChatSession, interactive: bool) -> None:
     """Read prompts until quit/exit or end of input; ``clear`` resets the history."""
     round_number = 0
@@ -192,5 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     template = resolve_prompt_template(args.path, args.prompt_template)
     model, tokenizer = generation.load_model(args.path, args.device, args.dtype, args.trust_remote_code)
     transformers.set_seed(args.seed)
-    session = ChatSession(model, tokenizer, template, generation.settings_from_args(args), args.system)
+    settings = generation.settings_from_args(args)
+    session = ChatSession(model, tokenizer, template, settings, args.system)
+    _notice(banner(args.path, template, settings, model, args.system))
     chat_loop(session, interactive=sys.stdin.isatty())
