@@ -21,6 +21,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from dschat import run_dir
 from dschat.errors import DschatError, run_cli
 from dschat.utils.dist import LAUNCHER_VARS
 from dschat.utils.log import setup_logging
@@ -33,9 +34,24 @@ TRAIN_SCRIPT = (
     ROOT / "training" / "step1_supervised_finetuning" / "training_scripts" / "cpu" / "run_smollm2.sh"
 )
 # Sized for a 2-core CPU: the script's LoRA (rank 16 on every linear layer) over the 357 short conversations.
-TRAIN_FLAGS = ["--num_train_epochs", "2", "--max_steps", "0", "--lora_learning_rate", "1e-3",
-               "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--log_interval", "10",
-               "--lr_scheduler_type", "cosine", "--num_warmup_steps", "5"]  # fmt: skip
+TRAIN_FLAGS = [
+    "--num_train_epochs",
+    "2",
+    "--max_steps",
+    "0",
+    "--lora_learning_rate",
+    "1e-3",
+    "--per_device_train_batch_size",
+    "8",
+    "--per_device_eval_batch_size",
+    "8",
+    "--log_interval",
+    "10",
+    "--lr_scheduler_type",
+    "cosine",
+    "--num_warmup_steps",
+    "5",
+]
 SHOW_SAMPLES = 4
 WRAP = 44
 
@@ -71,8 +87,11 @@ def cached_evaluation(name: str, model_dir: Path, samples, args, out: Path) -> d
     from dschat.inference.generation import GenerationSettings
 
     weights = model_dir / "model.safetensors"
-    key = hashlib.sha256(json.dumps([str(model_dir), weights.stat().st_mtime_ns, samples, args.max_new_tokens],
-                                    default=str).encode()).hexdigest()  # fmt: skip
+    key = hashlib.sha256(
+        json.dumps(
+            [str(model_dir), weights.stat().st_mtime_ns, samples, args.max_new_tokens], default=str
+        ).encode()
+    ).hexdigest()
     path = out / f"eval_{name}.json"
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -82,9 +101,15 @@ def cached_evaluation(name: str, model_dir: Path, samples, args, out: Path) -> d
     logger.info(
         "%s model: evaluating on %d held-out prompts (perplexity, greedy answers, BLEU)", name, len(samples)
     )
-    report = evaluate_model(str(model_dir), samples, prompt_template="chat_template",
-                            settings=GenerationSettings(max_new_tokens=args.max_new_tokens), batch_size=8,
-                            device="cpu", dtype="fp32")  # fmt: skip
+    report = evaluate_model(
+        str(model_dir),
+        samples,
+        prompt_template="chat_template",
+        settings=GenerationSettings(max_new_tokens=args.max_new_tokens),
+        batch_size=8,
+        device="cpu",
+        dtype="fp32",
+    )
     path.write_text(json.dumps({"key": key, "report": report}, indent=1))
     return report
 
@@ -100,10 +125,24 @@ def fine_tune(base_dir: Path, model_dir: Path, args) -> float:
     env = {
         key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS
     }  # a fresh one-rank run
-    env.update(MODEL_DIR=str(base_dir), DATA=args.data_path, PYTHON=sys.executable,
-               OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")  # fmt: skip
-    command = ["bash", str(TRAIN_SCRIPT), str(model_dir), "0", str(base_dir), *TRAIN_FLAGS,
-               "--data_output_path", str(model_dir.parent / "data_cache"), *args.train_flags.split()]  # fmt: skip
+    env.update(
+        MODEL_DIR=str(base_dir),
+        DATA=args.data_path,
+        PYTHON=sys.executable,
+        OMP_NUM_THREADS=str(args.threads),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    command = [
+        "bash",
+        str(TRAIN_SCRIPT),
+        str(model_dir),
+        "0",
+        str(base_dir),
+        *TRAIN_FLAGS,
+        "--data_output_path",
+        str(model_dir.parent / "data_cache"),
+        *args.train_flags.split(),
+    ]
     logger.info("fine-tuning: %s", " ".join(command))
     start = time.time()
     if subprocess.run(command, env=env).returncode != 0:
@@ -112,17 +151,24 @@ def fine_tune(base_dir: Path, model_dir: Path, args) -> float:
 
 
 def save_loss_curve(model_dir: Path) -> Path:
-    """Plot metrics.jsonl's per-step training loss to loss_curve.png beside the model."""
+    """Plot the per-step training loss (metrics.jsonl) and each evaluation (eval.jsonl) to loss_curve.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (model_dir / run_dir.METRICS_NAME).read_text().splitlines()]
+    eval_file = model_dir / run_dir.EVAL_METRICS_NAME
+    evals = [json.loads(line) for line in eval_file.read_text().splitlines()] if eval_file.is_file() else []
     figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
-    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], linewidth=1.5)
+    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], linewidth=1.5, label="training loss")
+    if evals:
+        axis.plot(
+            [r["step"] for r in evals], [r["loss"] for r in evals], "o--", label="eval loss (held-out split)"
+        )
+        axis.legend()
     axis.set_xlabel("micro-step")
-    axis.set_ylabel("training loss")
+    axis.set_ylabel("loss (every token, as upstream)")
     axis.set_title("SmolLM2-135M-Instruct fine-tuned on the Pip data (CPU)")
     axis.grid(alpha=0.3)
     path = model_dir / "loss_curve.png"
@@ -146,13 +192,25 @@ def side_by_side(samples, before: dict, after: dict, count: int) -> str:
     return "\n".join(lines)
 
 
+ANSWER_PPL_NOTE = (
+    "answer ppl: perplexity of the held-out reference answers given their prompts (answer tokens only, both models "
+    "in the chat template); the training log's ppl covers every token of the eval split, prompts included"
+)
+
+
 def summary_table(before: dict, after: dict) -> str:
-    rows = [("model", "perplexity", "BLEU", "answer tokens", "tokens/s")]
+    rows = [("model", "answer ppl", "BLEU", "answer tokens", "tokens/s")]
     for name, r in (("base", before), ("fine-tuned", after)):
-        rows.append((name, f"{r['ppl']:.2f}", f"{r['bleu']:.2f}", f"{r['mean_answer_tokens']:.1f}",
-                     f"{r['tokens_per_second']:.1f}"))  # fmt: skip
+        cells = (
+            f"{r['ppl']:.2f}",
+            f"{r['bleu']:.2f}",
+            f"{r['mean_answer_tokens']:.1f}",
+            f"{r['tokens_per_second']:.1f}",
+        )
+        rows.append((name, *cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    return table + "\n" + ANSWER_PPL_NOTE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,8 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"
     base_dir = Path(args.base_model).resolve() if args.base_model else default_model_dir()
-    samples = load_samples(args.data_path, split="eval", max_samples=args.max_samples,
-                           data_output_path=str(out / "data_cache"))  # fmt: skip
+    samples = load_samples(
+        args.data_path, split="eval", max_samples=args.max_samples, data_output_path=str(out / "data_cache")
+    )
     before = cached_evaluation("base", base_dir, samples, args, out)
     if args.retrain or not model_is_complete(model_dir):
         train_seconds = fine_tune(base_dir, model_dir, args)

@@ -176,9 +176,16 @@ def calls(env: dict) -> list[dict]:
 def overrides(tiny_models, name, data, tmp_path) -> list[str]:
     """What a user appends to run the script on a local model and data set, checking only (--dry_run)."""
     return [
-        "--model_name_or_path", str(tiny_models[EXPECTED[name]["tiny"]]), "--data_path", str(data),
-        "--dtype", "fp32", "--data_output_path", str(tmp_path / "cache"), "--dry_run",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        str(tiny_models[EXPECTED[name]["tiny"]]),
+        "--data_path",
+        str(data),
+        "--dtype",
+        "fp32",
+        "--data_output_path",
+        str(tmp_path / "cache"),
+        "--dry_run",
+    ]
 
 
 def test_every_script_is_valid_bash_and_every_table_row_has_its_script():
@@ -205,13 +212,23 @@ def test_script_passes_the_spec_flags(name, tmp_path, fake_env):
     assert Path(call["cwd"]) == STEP1
     args = parse_args(call["args"])
     got = dict(
-        model=args.model_name_or_path, data=args.data_path, split=args.data_split,
-        batch=args.per_device_train_batch_size, lr=args.learning_rate, wd=args.weight_decay,
-        epochs=args.num_train_epochs, gas=args.gradient_accumulation_steps, zero=args.zero_stage,
-        lora=args.lora_dim, scope=args.lora_module_name, only=args.only_optimize_lora,
-        ckpt=args.gradient_checkpointing, tb=args.enable_tensorboard, dtype=args.dtype,
+        model=args.model_name_or_path,
+        data=args.data_path,
+        split=args.data_split,
+        batch=args.per_device_train_batch_size,
+        lr=args.learning_rate,
+        wd=args.weight_decay,
+        epochs=args.num_train_epochs,
+        gas=args.gradient_accumulation_steps,
+        zero=args.zero_stage,
+        lora=args.lora_dim,
+        scope=args.lora_module_name,
+        only=args.only_optimize_lora,
+        ckpt=args.gradient_checkpointing,
+        tb=args.enable_tensorboard,
+        dtype=args.dtype,
         template=args.prompt_template,
-    )  # fmt: skip
+    )
     assert got == {key: expected[key] for key in got}
     assert args.per_device_eval_batch_size == args.per_device_train_batch_size
     modern = expected["template"] == "chat_template"
@@ -229,9 +246,11 @@ def test_script_passes_the_spec_flags(name, tmp_path, fake_env):
 def test_positional_zero_stage_and_extra_flags_reach_main(tmp_path, fake_env):
     out = tmp_path / "rel-out"
     result = run_script(
-        SCRIPTS / "opt/single_node/run_1.3b.sh", ["rel-out", "3", "--dtype", "bf16", "--print_loss"], fake_env,
+        SCRIPTS / "opt/single_node/run_1.3b.sh",
+        ["rel-out", "3", "--dtype", "bf16", "--print_loss"],
+        fake_env,
         cwd=tmp_path,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     args = parse_args(calls(fake_env)[0]["args"])
     assert (args.zero_stage, args.dtype, args.print_loss) == (3, "bf16", True)
@@ -255,8 +274,13 @@ def test_multi_node_hostfile_default_and_overrides(tmp_path, fake_env):
     )
     assert run_script(script, [str(tmp_path / "out")], fake_env, cwd=tmp_path).returncode == 0
     assert calls(fake_env)[0]["launcher"] == [
-        "--hostfile", str(tmp_path / "hosts"), "--master_addr", "10.0.0.1", "--master_port", "29601",
-    ]  # fmt: skip
+        "--hostfile",
+        str(tmp_path / "hosts"),
+        "--master_addr",
+        "10.0.0.1",
+        "--master_port",
+        "29601",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -324,16 +348,25 @@ def test_sweep_runs_the_eight_configurations(tmp_path, fake_env):
             args.learning_rate,
         )
         assert (args.weight_decay, args.dtype, args.per_device_train_batch_size) == (
-            0.1 if args.lora_dim else 0.0, "bf16", 8,
-        )  # fmt: skip
+            0.1 if args.lora_dim else 0.0,
+            "bf16",
+            8,
+        )
         log = Path(args.output_dir) / f"{name}.log"
         command = log.read_text().split(" ", 1)[0]  # upstream echoes the command into the log
         assert command == fake_env["DEEPSPEED"]
     assert seen == {
-        f"z{z}_offload_{o}_lora_{lo}": (z, o == "true", lo == "true", 128 if lo == "true" else 0,
-                                         1e-3 if lo == "true" else 9.65e-6)
-        for z in (2, 3) for o in ("true", "false") for lo in ("true", "false")
-    }  # fmt: skip
+        f"z{z}_offload_{o}_lora_{lo}": (
+            z,
+            o == "true",
+            lo == "true",
+            128 if lo == "true" else 0,
+            1e-3 if lo == "true" else 9.65e-6,
+        )
+        for z in (2, 3)
+        for o in ("true", "false")
+        for lo in ("true", "false")
+    }
 
 
 def test_sweep_reports_failed_runs_after_finishing_all(tmp_path, fake_env):
@@ -365,10 +398,21 @@ def test_cpu_tiny_trains_two_steps(tmp_path, fake_env, tiny_models, local_data):
     out = tmp_path / "out"
     result = run_script(
         SCRIPTS / "cpu/run_tiny.sh",
-        [str(out), "", str(tiny_models["opt"]), str(local_data), "--max_steps", "2", "--max_seq_len", "32",
-         "--data_output_path", str(tmp_path / "cache")],
-        fake_env, tmp_path,
-    )  # fmt: skip
+        [
+            str(out),
+            "",
+            str(tiny_models["opt"]),
+            str(local_data),
+            "--max_steps",
+            "2",
+            "--max_seq_len",
+            "32",
+            "--data_output_path",
+            str(tmp_path / "cache"),
+        ],
+        fake_env,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     assert not Path(fake_env["FAKE_DEEPSPEED_LOG"]).exists()  # one plain process, no launcher
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
@@ -546,10 +590,25 @@ def test_real_launcher_with_a_localhost_hostfile_runs_two_ranks(tmp_path, fake_e
     )
     out = tmp_path / "out"
     extra = [
-        "--model_name_or_path", str(tiny_models["opt8"]), "--data_path", str(local_data), "--dtype", "fp32",
-        "--data_output_path", str(tmp_path / "cache"), "--max_steps", "1", "--max_seq_len", "32",
-        "--lora_dim", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "2",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        str(tiny_models["opt8"]),
+        "--data_path",
+        str(local_data),
+        "--dtype",
+        "fp32",
+        "--data_output_path",
+        str(tmp_path / "cache"),
+        "--max_steps",
+        "1",
+        "--max_seq_len",
+        "32",
+        "--lora_dim",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--per_device_eval_batch_size",
+        "2",
+    ]
     result = run_script(SCRIPTS / "opt/multi_node/run_66b.sh", [str(out), "", *extra], env, tmp_path)
     log = (out / "training.log").read_text()
     assert result.returncode == 0, log[-4000:]
