@@ -217,16 +217,19 @@ def test_sixteen_parallel_requests_equal_one_at_a_time(server, chatbot):
     assert server.health()["largest_batch"] > 1  # they really were batched
 
 
-def test_client_disconnect_stops_its_generation(server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_stops_its_generation(server, stream):
     before = server.health()["requests_cancelled"]
-    body = {"model": server.model_id, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    body["max_tokens"] = 220  # most of the 256-token context: far longer than the test waits
+    body = {"model": server.model_id, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    body["max_tokens"] = 220  # most of the 256-token context: seconds, far longer than the client waits
     headers = {"Authorization": f"Bearer {KEY}"}
-    with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60
-    ) as r:
-        lines = r.iter_lines()
-        assert next(lines).startswith("data: ")
+    url = f"{server.url}/v1/chat/completions"
+    if stream:
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as r:
+            assert next(r.iter_lines()).startswith("data: ")
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+            httpx.post(url, json=body, headers=headers, timeout=0.05)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         health = server.health()

@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 RETRY_AFTER_SECONDS = 1
-DISCONNECT_POLL_SECONDS = 0.25
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that hung up; nobody reads it
 
 
@@ -100,18 +99,31 @@ def _submit(engine: Engine, job: Job) -> None:
         ) from None
 
 
+async def _until_disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body is already read, so only that message is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _wait_done(job: Job, request: Request) -> tuple[str, int] | None:
     """Wait for a non-streamed answer; a client that hangs up cancels its generation (None)."""
-    while True:
-        try:
-            kind, *payload = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_SECONDS)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancelled.set()
-                return None
-            continue
-        if kind == DONE:
-            return payload[0], payload[1]
+
+    async def done() -> tuple[str, int]:
+        while True:
+            kind, *payload = await job.events.get()
+            if kind == DONE:
+                return payload[0], payload[1]
+
+    answer, gone = asyncio.create_task(done()), asyncio.create_task(_until_disconnected(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if answer.done():
+        return answer.result()
+    answer.cancel()
+    job.cancelled.set()
+    return None
 
 
 def _finish(reason: str | None) -> str:
