@@ -312,3 +312,25 @@ def test_chat_page_streams_an_answer_in_a_real_browser(server, chatbot, tmp_path
         wait.until(lambda d: server.health()["requests_cancelled"] == cancelled + 1)
     finally:
         driver.quit()
+
+
+def test_bad_flags_are_one_line_errors(capsys, tmp_path):
+    from dschat.errors import run_cli
+    from dschat.serve.cli import main
+
+    assert run_cli(main, ["--path", str(tmp_path / "missing"), "--port", "70000", "--max_queue", "0"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        error.count("\n") == 1 and "--path" in error and "--port 70000" in error and "--max_queue 0" in error
+    )
+
+
+def test_adapter_dir_is_served_in_its_runs_prompt_format(tmp_path):
+    from dschat.serve.cli import trained_template
+
+    adapter = tmp_path / "out" / run_dir.LORA_ADAPTER_DIR
+    adapter.mkdir(parents=True)
+    (adapter / generation.ADAPTER_CONFIG).write_text("{}")
+    run_dir.write_run_info(tmp_path / "out", run_dir.run_info(prompts.CHAT_TEMPLATE, {}))
+    assert trained_template(str(adapter), None) == prompts.CHAT_TEMPLATE
+    assert trained_template(str(adapter), prompts.UPSTREAM) == prompts.UPSTREAM  # the flag wins
