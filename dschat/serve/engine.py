@@ -69,7 +69,7 @@ class Engine:
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.batch_wait_seconds = batch_wait_seconds
         self._pending: deque[Job] = deque()
-        self._running = 0
+        self._batch: list[Job] = []
         self.stats = {"batches": 0, "largest_batch": 0, "requests_done": 0, "requests_cancelled": 0}
         self._cond = threading.Condition()
         self._stopped = False
@@ -81,7 +81,7 @@ class Engine:
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
-            for job in self._pending:
+            for job in [*self._pending, *self._batch]:
                 job.cancelled.set()
             self._cond.notify_all()
         self._thread.join(timeout=10)
@@ -90,7 +90,7 @@ class Engine:
     def load(self) -> dict:
         """Requests waiting and generating, and what was done so far (for /health)."""
         with self._cond:
-            return {"queued": len(self._pending), "running": self._running, **self.stats}
+            return {"queued": len(self._pending), "running": len(self._batch), **self.stats}
 
     def submit(self, job: Job) -> None:
         """Queue a job from the event loop; raises QueueFull when the server is at ``max_queue`` requests."""
@@ -108,7 +108,7 @@ class Engine:
         row.on_text, row.is_cancelled = on_text, job.cancelled.is_set
         job.emit = emit
         with self._cond:
-            if self._stopped or len(self._pending) + self._running >= self.max_queue:
+            if self._stopped or len(self._pending) + len(self._batch) >= self.max_queue:
                 raise QueueFull
             self._pending.append(job)
             self._cond.notify()
@@ -126,7 +126,7 @@ class Engine:
             batch = [job for job in self._pending if job.batch_key == key][: self.max_batch_size]
             for job in batch:
                 self._pending.remove(job)
-            self._running = len(batch)
+            self._batch = batch
         return batch
 
     def _work(self) -> None:
@@ -136,7 +136,7 @@ class Engine:
                 return
             self._run(batch)
             with self._cond:
-                self._running = 0
+                self._batch = []
                 self.stats["batches"] += 1
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
                 self.stats["requests_done"] += len(batch)
