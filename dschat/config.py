@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dschat.clean.config import CleanConfig
 
 from dschat.utils.data.prompts import UPSTREAM
 
@@ -61,6 +64,7 @@ class DataConfig:
     data_weights: tuple[float, ...] | None = None
     train_on_prompt: bool = True
     reload_data: bool = free(False)
+    clean: CleanConfig | None = None  # --clean_data: the cleaning rules applied before the split (None: off)
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,9 @@ class TrainConfig:
 
 
 def jsonable(value: Any) -> Any:
-    """Tuples as lists, so a fingerprint compares equal after a JSON round trip."""
+    """Tuples as lists (a fingerprint compares equal after a JSON round trip), a cleaning config as its key."""
+    if hasattr(value, "cache_fields"):
+        return value.cache_fields()
     return list(value) if isinstance(value, tuple) else value
 
 
@@ -202,6 +208,10 @@ def _flag_values(args: argparse.Namespace) -> dict:
         )
     if values.get("pad_to_max_len"):
         values["padding"] = "max_length"
+    if values.get("clean_data"):
+        from dschat.clean.config import CleanConfig  # stdlib-only too
+
+        values["clean"] = CleanConfig.from_namespace(args)
     return values
 
 

@@ -108,6 +108,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "answers only (every assistant turn of a multi-turn sample).",
     )
     add(
+        "--clean_data",
+        action="store_true",
+        help="(dschat) clean each dataset before the split with python -m dschat.clean's rules (the cleaning "
+        "flags below; their settings are part of the cache key). Default off: upstream's data as it is.",
+    )
+    add(
         "--reload_data",
         action="store_true",
         help="(dschat) rebuild the tokenised cache even if it exists (upstream's reload=True).",
@@ -314,10 +320,18 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cleaning_args(parser: argparse.ArgumentParser) -> None:
+    """The cleaning rules' flags (used with --clean_data), owned by dschat.clean."""
+    from dschat.clean.config import add_clean_args
+
+    add_clean_args(parser)
+
+
 TRAIN_ARG_GROUPS = (
     add_tokenizer_args,
     add_model_args,
     add_data_args,
+    add_cleaning_args,
     add_batch_args,
     add_optim_args,
     add_lora_args,

@@ -15,7 +15,7 @@ import sys
 
 from dschat.config import DataConfig, ModelConfig, section_from_args
 from dschat.errors import run_cli
-from dschat.flags import add_data_args, add_tokenizer_args
+from dschat.flags import add_cleaning_args, add_data_args, add_tokenizer_args
 from dschat.utils.data.data_utils import prepare_datasets
 from dschat.utils.log import setup_logging
 from dschat.utils.model.model_utils import load_hf_tokenizer
@@ -26,6 +26,7 @@ logger = logging.getLogger("dschat.prepare_data")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_args(parser)
+    add_cleaning_args(parser)
     add_tokenizer_args(parser)
     return parser.parse_args(argv)
 

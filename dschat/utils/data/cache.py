@@ -50,6 +50,8 @@ def cache_key(data: DataConfig, tokenizer, end_of_conversation_token: str) -> st
         f"_tok{tokenizer_fingerprint(tokenizer)}_files{local_files_fingerprint(sources)}"
         f"_format{DATA_FORMAT_VERSION}"
     ).replace("/", "_")
+    if data.clean is not None:  # only then: keys of runs without --clean_data stay what they were
+        key += f"_clean{data.clean.cache_key()}"
     return hashlib.sha256(key.encode()).hexdigest()
 
 

@@ -21,6 +21,7 @@ from dschat.errors import DschatError
 from dschat.utils import dist
 from dschat.utils.data import prompts, report, splits
 from dschat.utils.data.cache import cache_key, file_lock, load_cached
+from dschat.utils.data.cleaning import CleanedSample, clean_source
 from dschat.utils.data.raw_datasets import get_raw_dataset
 from dschat.utils.data.tokenized import PromptDataset, TokenizedSamples
 
@@ -31,6 +32,8 @@ TOKENIZE_BATCH = 512
 
 def render_sample(raw, sample, prompt_template: str, tokenizer, end_of_conversation_token: str):
     """The training text of one raw sample and its answer character spans, or None to skip it."""
+    if isinstance(sample, CleanedSample):
+        return render_messages(sample.messages, prompt_template, tokenizer, end_of_conversation_token)
     if prompt_template == prompts.CHAT_TEMPLATE:
         messages = raw.get_conversation(sample)
         if messages is None:
@@ -41,6 +44,15 @@ def render_sample(raw, sample, prompt_template: str, tokenizer, end_of_conversat
     if text is None:
         return None
     text += end_of_conversation_token
+    return text, prompts.answer_spans_upstream(text)
+
+
+def render_messages(messages: list[dict], prompt_template: str, tokenizer, end_of_conversation_token: str):
+    """The training text and answer spans of a conversation given as messages (a repaired record)."""
+    if prompt_template == prompts.CHAT_TEMPLATE:
+        segments = prompts.render_chat_template(tokenizer, messages)
+        return "".join(s.text for s in segments), prompts.answer_spans(segments)
+    text = "".join(s.text for s in prompts.render_upstream(messages)) + end_of_conversation_token
     return text, prompts.answer_spans_upstream(text)
 
 
@@ -103,8 +115,11 @@ def tokenize_source(name: str, data_split: str, tokenizer, data: DataConfig, eot
     """One dataset's phase-1 part of its train and eval splits, tokenised (upstream's create_dataset)."""
     raw = get_raw_dataset(name, data.data_output_path, data.seed, dist.get_local_rank())
     rebuild = raw.dataset_name_clean == "jsonfile"  # upstream rebuilds this dataset's split every run
+    sources = raw.get_train_data(), raw.get_eval_data()
+    if data.clean is not None:
+        sources = clean_source(raw, *sources, data, tokenizer)
     result = []
-    for split_name, rows in (("train", raw.get_train_data()), ("eval", raw.get_eval_data())):
+    for split_name, rows in zip(("train", "eval"), sources):
         index = splits.split_indices(
             data.data_output_path,
             raw.dataset_name_clean,
