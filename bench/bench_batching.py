@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_file import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "training" / "step1_supervised_finetuning" / "main.py"
@@ -213,7 +214,7 @@ def main() -> None:
                 )
     report = format_report(args, results, peak, params)
     print(report)
-    Path(args.output).write_text(report)
+    replace_section(args.output, report)  # the other benchmarks' sections stay
     Path(args.output).with_suffix(".json").write_text(json.dumps(results, indent=1))
 
 
