@@ -170,7 +170,9 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
     ]
     for r in results:
         per_cpu = (r["size"] + r["eval_size"]) / r["cpu_s"]
-        lines.append(f"| {r['size']:,} | {r['wall_s']} | {r['records_per_s']:,} | {r['cpu_s']} | {per_cpu:,.0f} | {r['peak_rss_main_gb']} | {r['peak_rss_worker_gb']} | {r['kept']['train']:,} |")  # fmt: skip
+        lines.append(
+            f"| {r['size']:,} | {r['wall_s']} | {r['records_per_s']:,} | {r['cpu_s']} | {per_cpu:,.0f} | {r['peak_rss_main_gb']} | {r['peak_rss_worker_gb']} | {r['kept']['train']:,} |"
+        )
     lines += [
         "",
         "Per rule, records per second of time inside the rule, summed over workers (wall clock: lower when the "
@@ -215,9 +217,12 @@ def main(argv: list[str] | None = None) -> None:
         command += ["--extra_rules"] if args.extra_rules else []
         proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, check=True)
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{size:>9,} records: {results[-1]['wall_s']} s, {results[-1]['records_per_s']:,} records/s, "
-              f"peak RSS {results[-1]['peak_rss_main_gb']} GB (+ workers {results[-1]['peak_rss_worker_gb']} GB each)",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{size:>9,} records: {results[-1]['wall_s']} s, {results[-1]['records_per_s']:,} records/s, "
+            f"peak RSS {results[-1]['peak_rss_main_gb']} GB (+ workers {results[-1]['peak_rss_worker_gb']} GB each)",
+            file=sys.stderr,
+            flush=True,
+        )
     print(markdown(results, args))
 
 

@@ -23,3 +23,27 @@ def load_script(path: Path) -> ModuleType:
 
 def step1_main() -> ModuleType:
     return load_script(MAIN)
+
+
+def main_argv(model, data, cache_dir, *extra: str, max_seq_len: int = 64, batch_size: int = 2) -> list[str]:
+    """main.py's flags for a small CPU run of ``model`` on ``data`` (extra flags appended: the last one wins)."""
+    return [
+        "--model_name_or_path",
+        str(model),
+        "--data_path",
+        str(data),
+        "--data_split",
+        "10,0,0",
+        "--data_output_path",
+        str(cache_dir),
+        "--dtype",
+        "fp32",
+        "--max_seq_len",
+        str(max_seq_len),
+        "--per_device_train_batch_size",
+        str(batch_size),
+        "--per_device_eval_batch_size",
+        str(batch_size),
+        "--deepspeed",
+        *extra,
+    ]

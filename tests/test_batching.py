@@ -202,6 +202,8 @@ def test_auto_padding_is_dynamic_without_dropout_and_upstream_with_it(tiny_model
     assert padding(opt) == "max_length"
     assert padding(llama) == "longest"
     assert padding(llama, "--lora_dim", "4", "--lora_dropout", "0.1") == "max_length"
-    assert padding(llama, "--lora_dim", "0", "--lora_dropout", "0.1") == "longest"  # no LoRA layers, no dropout
+    assert (
+        padding(llama, "--lora_dim", "0", "--lora_dropout", "0.1") == "longest"
+    )  # no LoRA layers, no dropout
     assert padding(llama, "--pad_to_max_len") == "max_length"
     assert padding(opt, "--padding", "longest") == "longest"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import scripts
 from test_clean import chat, clean_records
 
 from dschat.clean import cli
@@ -16,7 +16,6 @@ from dschat.errors import run_cli
 from dschat.utils.data.local_files import LocalFileDataset
 
 ROOT = Path(__file__).resolve().parents[1]
-STEP1 = ROOT / "training" / "step1_supervised_finetuning"
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -53,11 +52,29 @@ def test_cli_end_to_end_writes_what_main_reads(tmp_path, tiny_models, dist_env):
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in data.iterdir()}
     out = tmp_path / "clean"
     proc = subprocess.run(
-        [sys.executable, "-m", "dschat.clean", "--data_path", str(data), "--output_dir", str(out), "--scrub_pii",
-         "--model_name_or_path", str(tiny_models["opt"]), "--max_seq_len", "256", "--num_proc", "2",
-         "--data_output_path", str(tmp_path / "cache")],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dschat.clean",
+            "--data_path",
+            str(data),
+            "--output_dir",
+            str(out),
+            "--scrub_pii",
+            "--model_name_or_path",
+            str(tiny_models["opt"]),
+            "--max_seq_len",
+            "256",
+            "--num_proc",
+            "2",
+            "--data_output_path",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "rule" in proc.stdout and "exact_dup" in proc.stdout and "% of input" in proc.stdout
     assert {
@@ -86,12 +103,27 @@ def test_cli_end_to_end_writes_what_main_reads(tmp_path, tiny_models, dist_env):
     # main.py reads the directory as it is: train.jsonl for training, eval.jsonl for evaluation
     raw = LocalFileDataset(str(tmp_path / "cache"), 1234, 0, str(out))
     assert (len(raw.get_train_data()), len(raw.get_eval_data())) == (41, 9)
-    spec = importlib.util.spec_from_file_location("step1_main_clean", STEP1 / "main.py")
-    step1_main = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(step1_main)
-    argv = ["--model_name_or_path", str(tiny_models["opt"]), "--data_path", str(out), "--data_split", "10,0,0",
-            "--data_output_path", str(tmp_path / "cache"), "--dtype", "fp32", "--max_seq_len", "64",
-            "--per_device_train_batch_size", "8", "--max_steps", "2", "--output_dir", str(tmp_path / "model")]  # fmt: skip
+    step1_main = scripts.step1_main()
+    argv = [
+        "--model_name_or_path",
+        str(tiny_models["opt"]),
+        "--data_path",
+        str(out),
+        "--data_split",
+        "10,0,0",
+        "--data_output_path",
+        str(tmp_path / "cache"),
+        "--dtype",
+        "fp32",
+        "--max_seq_len",
+        "64",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path / "model"),
+    ]
     assert run_cli(step1_main.main, argv) == 0
     assert len((tmp_path / "model" / "metrics.jsonl").read_text().splitlines()) == 2
 
@@ -124,7 +156,13 @@ def test_output_dir_never_overwrites_input_or_mixes_with_other_data(tmp_path, ca
     (other / "notes.json").write_text("{}")
     assert run_cli(cli.main, ["--data_path", str(data), "--output_dir", str(other)]) == 2
     assert "already holds data files ['notes.json']" in capsys.readouterr().err
-    assert run_cli(cli.main, ["--data_path", str(data), "--output_dir", str(tmp_path / "o"), "--min_answer_chars", "9999"]) == 2  # fmt: skip
+    assert (
+        run_cli(
+            cli.main,
+            ["--data_path", str(data), "--output_dir", str(tmp_path / "o"), "--min_answer_chars", "9999"],
+        )
+        == 2
+    )
     assert "every training record" in capsys.readouterr().err
     assert not (tmp_path / "o" / "train.jsonl").exists() and not any(
         p.name.startswith(".") for p in (tmp_path / "o").iterdir()

@@ -34,28 +34,9 @@ def write(path, rows):
 
 
 def flags(model, data, tmp_path, out, *extra):
-    return [
-        "--model_name_or_path",
-        str(model),
-        "--data_path",
-        str(data),
-        "--data_split",
-        "10,0,0",
-        "--data_output_path",
-        str(tmp_path / "cache"),
-        "--dtype",
-        "fp32",
-        "--max_seq_len",
-        "200",
-        "--per_device_train_batch_size",
-        "4",
-        "--per_device_eval_batch_size",
-        "4",
-        "--output_dir",
-        str(out),
-        "--deepspeed",
-        *extra,
-    ]
+    return scripts.main_argv(
+        model, data, tmp_path / "cache", "--output_dir", str(out), *extra, max_seq_len=200, batch_size=4
+    )
 
 
 def losses(out):

@@ -22,26 +22,7 @@ def qa_file(tmp_path_factory):
 
 
 def flags(model, data, tmp_path, *extra):
-    return [
-        "--model_name_or_path",
-        str(model),
-        "--data_path",
-        str(data),
-        "--data_split",
-        "10,0,0",
-        "--data_output_path",
-        str(tmp_path / "cache"),
-        "--dtype",
-        "fp32",
-        "--max_seq_len",
-        "64",
-        "--per_device_train_batch_size",
-        "2",
-        "--per_device_eval_batch_size",
-        "2",
-        "--deepspeed",
-        *extra,
-    ]
+    return scripts.main_argv(model, data, tmp_path / "cache", *extra)
 
 
 def planned(log: str, key: str) -> int:

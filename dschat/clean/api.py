@@ -28,7 +28,13 @@ class CleanResult:
     @property
     def unchanged(self) -> bool:
         """Nothing removed and nothing changed: the caller can keep its original samples (same cache, same losses)."""
-        kept_all = all(keep == list(range(n)) for keep, n in ((self.train_keep, self.report.inputs["train"]), (self.eval_keep, self.report.inputs["eval"])))  # fmt: skip
+        kept_all = all(
+            keep == list(range(n))
+            for keep, n in (
+                (self.train_keep, self.report.inputs["train"]),
+                (self.eval_keep, self.report.inputs["eval"]),
+            )
+        )
         return kept_all and not self.train_changed and not self.eval_changed
 
 

@@ -16,11 +16,13 @@ import os
 import sys
 import time
 
-from dschat.clean.config import CHAT_TEMPLATE, UPSTREAM, CleanConfig, add_clean_args, parse_bool
+from dschat.clean.config import CleanConfig, add_clean_args
 from dschat.clean.output import EVAL_FILE, REPORT_DIR, TRAIN_FILE, AtomicJsonl, check_output_dir, temp_name
 from dschat.clean.pipeline import FileSpool, clean_train_and_eval
 from dschat.clean.sources import open_splits
 from dschat.errors import DschatError, run_cli
+from dschat.flags import str_to_bool
+from dschat.utils.data.prompts import PROMPT_TEMPLATES, UPSTREAM
 
 logger = logging.getLogger("dschat.clean")
 
@@ -33,21 +35,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__,
     )
     group = parser.add_argument_group("data (main.py's flags, same names and defaults)")
-    group.add_argument("--data_path", nargs="+", required=True,
-                       help="Datasets as main.py takes them: registry names, local copies, .json/.jsonl/.parquet files or directories.")  # fmt: skip
+    group.add_argument(
+        "--data_path",
+        nargs="+",
+        required=True,
+        help="Datasets as main.py takes them: registry names, local copies, .json/.jsonl/.parquet files or directories.",
+    )
     group.add_argument("--output_dir", required=True, help="Where train.jsonl, eval.jsonl and the report go.")
-    group.add_argument("--data_output_path", default="/tmp/data_files/",
-                       help="Where split-index files of sources without an eval split are cached (as main.py).")  # fmt: skip
+    group.add_argument(
+        "--data_output_path",
+        default="/tmp/data_files/",
+        help="Where split-index files of sources without an eval split are cached (as main.py).",
+    )
     group.add_argument("--seed", type=int, default=1234, help="Seed of the 90/10 eval carving (as main.py).")
-    group.add_argument("--model_name_or_path", default=None,
-                       help="Tokenizer for the token-length rules (--truncated, --drop_no_loss_tokens); without it they are skipped.")  # fmt: skip
+    group.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="Tokenizer for the token-length rules (--truncated, --drop_no_loss_tokens); without it they are skipped.",
+    )
     group.add_argument(
         "--max_seq_len", type=int, default=512, help="Training's maximum sequence length in tokens."
     )
-    group.add_argument("--prompt_template", choices=(UPSTREAM, CHAT_TEMPLATE), default=UPSTREAM,
-                       help="How training renders conversations (token counts depend on it).")  # fmt: skip
-    group.add_argument("--train_on_prompt", type=parse_bool, default=True, metavar="{true,false}",
-                       help="As main.py: false counts only answer tokens as loss-bearing.")  # fmt: skip
+    group.add_argument(
+        "--prompt_template",
+        choices=PROMPT_TEMPLATES,
+        default=UPSTREAM,
+        help="How training renders conversations (token counts depend on it).",
+    )
+    group.add_argument(
+        "--train_on_prompt",
+        type=str_to_bool,
+        default=True,
+        metavar="{true,false}",
+        help="As main.py: false counts only answer tokens as loss-bearing.",
+    )
     group.add_argument(
         "--trust_remote_code", action="store_true", help="Allow tokenizer code from the model dir."
     )

@@ -9,23 +9,14 @@ import json
 from dataclasses import dataclass, field
 
 from dschat.errors import DschatError
+from dschat.flags import str_to_bool
+from dschat.utils.data.prompts import UPSTREAM
 
 # Bump when a rule's behaviour changes, so caches keyed on cache_fields() are rebuilt.
 CLEAN_VERSION = 1
 TRUNCATED_CHOICES = ("drop", "keep")
-UPSTREAM, CHAT_TEMPLATE = "upstream", "chat_template"  # the values of main.py's --prompt_template
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 # Fields main.py already owns (same names and meaning): read from its namespace, never added twice.
 SHARED_FIELDS = ("max_seq_len", "prompt_template", "train_on_prompt")
-
-
-def parse_bool(text: str) -> bool:
-    """Parse a ``{true,false}`` flag value."""
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +113,7 @@ def library_versions(config: CleanConfig) -> dict[str, str]:
     return versions
 
 
-_ONOFF = dict(type=parse_bool, metavar="{true,false}")
+_ONOFF = dict(type=str_to_bool, metavar="{true,false}")
 
 
 def add_clean_args(parser: argparse.ArgumentParser) -> None:

@@ -190,7 +190,15 @@ def clean_split(
     return result
 
 
-def _replay(split: str, spool, survivors: _Survivors, threshold: float, report: CleanReport, result: SplitResult, emit: Emit) -> None:  # fmt: skip
+def _replay(
+    split: str,
+    spool,
+    survivors: _Survivors,
+    threshold: float,
+    report: CleanReport,
+    result: SplitResult,
+    emit: Emit,
+) -> None:
     """Drop the near-duplicates among the spooled survivors and emit the rest, in input order."""
     near = _near_duplicates(survivors.signatures, len(survivors.wheres), threshold, report)
     wheres = survivors.wheres
@@ -218,7 +226,9 @@ def _account(split: str, index: int, outcome, report: CleanReport, result: Split
         report.drop(outcome.rule, split, outcome.where, outcome.why, outcome.text)
 
 
-def _near_duplicates(signatures: np.ndarray | None, count: int, threshold: float, report: CleanReport) -> dict[int, tuple[int, float]]:  # fmt: skip
+def _near_duplicates(
+    signatures: np.ndarray | None, count: int, threshold: float, report: CleanReport
+) -> dict[int, tuple[int, float]]:
     """Survivor position -> (kept twin's position, estimated Jaccard) for every near-duplicate to drop."""
     if signatures is None:
         return {}
@@ -228,7 +238,9 @@ def _near_duplicates(signatures: np.ndarray | None, count: int, threshold: float
     return {dup.index: (dup.kept, dup.jaccard) for dup in found}
 
 
-def build_eval_index(config: CleanConfig, eval_conversations: Iterable[tuple[str, list[dict]]], output_path: str, seed: int) -> NgramIndex | None:  # fmt: skip
+def build_eval_index(
+    config: CleanConfig, eval_conversations: Iterable[tuple[str, list[dict]]], output_path: str, seed: int
+) -> NgramIndex | None:
     """The decontamination index over the kept eval records and the ``--decontaminate_against`` files."""
     if not config.decontaminate:
         return None
@@ -241,7 +253,17 @@ def build_eval_index(config: CleanConfig, eval_conversations: Iterable[tuple[str
     return index
 
 
-def clean_train_and_eval(train: tuple[Iterable[Item], int], evaluation: tuple[Iterable[Item], int], config: CleanConfig, tokenizer, make_spool: Callable[[str], object], emit_train: Emit, emit_eval: Emit, output_path: str = "/tmp/data_files/", seed: int = 1234) -> tuple[CleanReport, SplitResult, SplitResult]:  # fmt: skip
+def clean_train_and_eval(
+    train: tuple[Iterable[Item], int],
+    evaluation: tuple[Iterable[Item], int],
+    config: CleanConfig,
+    tokenizer,
+    make_spool: Callable[[str], object],
+    emit_train: Emit,
+    emit_eval: Emit,
+    output_path: str = "/tmp/data_files/",
+    seed: int = 1234,
+) -> tuple[CleanReport, SplitResult, SplitResult]:
     """Clean eval, index it (plus benchmark files), then clean train against it. ``(items, count)`` per split."""
     report = CleanReport(settings=config.cache_fields())
     if tokenizer is None:

@@ -110,11 +110,23 @@ class CleanReport:
         rows = [("rule", "removed", "% of input", "changed")]
         for name in RULES:
             changed = sum(self.rules[name].changed.values())
-            rows.append((name, str(self.removed(name)), f"{100 * self.removed(name) / max(self.total_input, 1):.2f}", str(changed) if name in CHANGE_RULES else "-"))  # fmt: skip
+            rows.append(
+                (
+                    name,
+                    str(self.removed(name)),
+                    f"{100 * self.removed(name) / max(self.total_input, 1):.2f}",
+                    str(changed) if name in CHANGE_RULES else "-",
+                )
+            )
         kept = sum(self.kept.values())
         rows.append(("kept", str(kept), f"{100 * kept / max(self.total_input, 1):.2f}", "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]  # fmt: skip
+        lines = [
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
+            )
+            for row in rows
+        ]
         counts = ", ".join(f"{split} {self.inputs[split]} -> {self.kept[split]}" for split in SPLITS)
         return "\n".join([f"records: {counts}", *lines])
 
@@ -132,7 +144,10 @@ class CleanReport:
         ]
         for name, stats in self.rules.items():
             total = self.removed(name) + sum(stats.changed.values())
-            out.append(f"## {name}: {self.removed(name)} removed" + (f", {sum(stats.changed.values())} changed" if name in CHANGE_RULES else ""))  # fmt: skip
+            out.append(
+                f"## {name}: {self.removed(name)} removed"
+                + (f", {sum(stats.changed.values())} changed" if name in CHANGE_RULES else "")
+            )
             out += ["", RULES[name] + (f". {stats.note}" if stats.note else "."), ""]
             if total == 0:
                 continue

@@ -20,9 +20,19 @@ _HEX = r"[0-9a-fA-F]{1,4}"
 PII_PATTERNS = (
     (EMAIL, re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")),
     (IP_ADDRESS, re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\w|\.\d)")),
-    (IP_ADDRESS, re.compile(rf"(?<![\w:])(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,7}}:(?:{_HEX}(?::{_HEX}){{0,6}})?)(?![\w:])")),
-    (PHONE, re.compile(r"(?<![\w+.])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]\d{3,4}(?![\w-])")),
-)  # fmt: skip
+    (
+        IP_ADDRESS,
+        re.compile(
+            rf"(?<![\w:])(?:(?:{_HEX}:){{7}}{_HEX}|(?:{_HEX}:){{1,7}}:(?:{_HEX}(?::{_HEX}){{0,6}})?)(?![\w:])"
+        ),
+    ),
+    (
+        PHONE,
+        re.compile(
+            r"(?<![\w+.])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]\d{3,4}(?![\w-])"
+        ),
+    ),
+)
 
 
 def repair(messages: list[dict]) -> list[dict]:

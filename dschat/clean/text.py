@@ -93,7 +93,10 @@ def _powers(length: int) -> tuple[np.ndarray, np.ndarray]:
     global _POWERS
     if len(_POWERS[0]) < length:
         size = max(length, 2 * len(_POWERS[0]), 1024)
-        _POWERS = tuple(np.cumprod(np.r_[1, np.full(size - 1, b, np.uint64)].astype(np.uint64)) for b in (_BASE, _BASE_INVERSE))  # fmt: skip
+        _POWERS = tuple(
+            np.cumprod(np.r_[1, np.full(size - 1, b, np.uint64)].astype(np.uint64))
+            for b in (_BASE, _BASE_INVERSE)
+        )
     return _POWERS[0][:length], _POWERS[1][:length]
 
 
