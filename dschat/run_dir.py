@@ -21,6 +21,7 @@ METRICS_NAME = "metrics.jsonl"  # one row per micro-step
 EVAL_METRICS_NAME = "eval.jsonl"  # one row per evaluation
 CHECKPOINTS_DIR = "checkpoints"
 LORA_ADAPTER_DIR = "lora_adapter"
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # PEFT's: marks an adapter dir
 SAFE_WEIGHTS_NAME = "model.safetensors"
 BIN_WEIGHTS_NAME = "pytorch_model.bin"  # upstream's single-file format
 
@@ -54,9 +55,17 @@ def read_run_info(model_dir: str | os.PathLike) -> dict:
         ) from err
 
 
-def trained_prompt_template(model_dir: str | os.PathLike) -> str:
-    """The prompt format a model was trained with (upstream's when it has no run info)."""
-    return read_run_info(model_dir).get("prompt_template", UPSTREAM)
+def trained_prompt_template(model_dir: str | os.PathLike, requested: str | None = None) -> str:
+    """``requested`` (a --prompt_template flag), else the format the model was trained with, else upstream's.
+
+    A ``lora_adapter/`` dir without run info of its own reads its training run's, one level up.
+    """
+    if requested is not None:
+        return requested
+    info = read_run_info(model_dir)
+    if not info and (Path(model_dir) / ADAPTER_CONFIG_NAME).is_file():
+        info = read_run_info(Path(model_dir).parent)
+    return info.get("prompt_template", UPSTREAM)
 
 
 def comparison_template(model_dirs: list[str], requested: str | None = None) -> tuple[str, str]:

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, pipeline
 
 from dschat import run_dir
-from dschat.inference import generation
+from dschat.inference import generation, loading
 from dschat.inference.chat import ChatSession
 from dschat.utils.data import chat_export, data_utils, prompts
 from dschat.utils.data.raw_datasets import get_raw_dataset
@@ -54,7 +54,7 @@ def saved_model(tiny_models, tmp_path, arch: str, prompt_template: str):
 
 def chatbot_ids(path, prompt_template: str, messages: list[dict]) -> list[int]:
     """The prompt ids dschat's chatbot builds for ``messages`` (system, history, then the last user turn)."""
-    model, tokenizer = generation.load_model(str(path))
+    model, tokenizer = loading.load_model(str(path))
     system = messages[0]["content"] if messages[0]["role"] == "system" else None
     settings = generation.GenerationSettings(max_new_tokens=16)  # room for the whole history in 256 positions
     session = ChatSession(model, tokenizer, prompt_template, settings, system=system)
@@ -122,7 +122,7 @@ def test_generation_config_stops_at_every_end_of_turn(tiny_models, tmp_path, arc
 def test_transformers_pipeline_answers_like_the_chatbot(tiny_models, tmp_path, arch, prompt_template):
     out, _ = saved_model(tiny_models, tmp_path, arch, prompt_template)
     generator = pipeline("text-generation", model=str(out), device="cpu")
-    model, tokenizer = generation.load_model(str(out))
+    model, tokenizer = loading.load_model(str(out))
     for messages in CONVERSATIONS[1:3]:
         result = generator(messages, max_new_tokens=12, do_sample=False)
         answer = result[0]["generated_text"][-1]["content"]

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from dschat.errors import run_cli
-from dschat.inference import chat, generation
+from dschat.inference import chat, generation, loading
 from dschat.run_dir import write_run_info
 from dschat.utils.data import prompts
 
@@ -99,7 +99,7 @@ def test_generation_prompts_for_each_template(tiny_models):
 
 
 def test_session_renders_system_prompt_and_stops_at_end_of_turn(tiny_models):
-    model, tokenizer = generation.load_model(str(tiny_models["llama"]), "cpu", "fp32")
+    model, tokenizer = loading.load_model(str(tiny_models["llama"]), "cpu", "fp32")
     session = chat.ChatSession(model, tokenizer, "chat_template", system="Be brief.")
     text = tokenizer.decode(session.prompt_ids("hi"))
     assert (
@@ -141,7 +141,7 @@ def test_history_is_trimmed_from_the_oldest_turn(tiny_models, tmp_path, monkeypa
         r"history trimmed: dropped the \d+ oldest turn\(s\) to fit the model's 64-token context", err
     )
 
-    model, tokenizer = generation.load_model(str(short), "cpu", "fp32")
+    model, tokenizer = loading.load_model(str(short), "cpu", "fp32")
     session = chat.ChatSession(model, tokenizer, "upstream", generation.GenerationSettings(max_new_tokens=8))
     dropped = 0
     for turn in turns[:6]:
@@ -172,7 +172,7 @@ def test_peft_adapter_dir_loads_base_and_applies_adapter(tiny_models, tmp_path, 
     peft.get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
     assert not (tmp_path / "adapter" / "config.json").exists()
 
-    merged, _ = generation.load_model(str(tmp_path / "adapter"), "cpu", "fp32")
+    merged, _ = loading.load_model(str(tmp_path / "adapter"), "cpu", "fp32")
     plain = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
     weight = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.allclose(merged.state_dict()[weight], plain.state_dict()[weight])

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from dschat import run_dir
 from dschat.errors import DschatError, run_cli
-from dschat.inference import evaluate, generation
+from dschat.inference import evaluate, generation, loading, perplexity
 from dschat.run_dir import write_run_info
 
 QA = [
@@ -59,16 +59,16 @@ def manual_perplexity(model, pairs: list[tuple[str, str]], tokenizer, add_specia
 
 
 def test_response_perplexity_upstream_format_matches_manual(tiny_models):
-    model, tokenizer = generation.load_model(str(tiny_models["opt"]), "cpu", "fp32")
+    model, tokenizer = loading.load_model(str(tiny_models["opt"]), "cpu", "fp32")
     samples = [(q, a) for q, a in QA]
     # Batch of 2 with different lengths: padding must not change anything.
-    ppl = evaluate.response_perplexity(
+    ppl = perplexity.response_perplexity(
         model, tokenizer, samples, "upstream", tokenizer.eos_token, batch_size=2
     )
     pairs = [(f" Human: {q} Assistant:", f" {a}</s>") for q, a in QA]
     assert ppl == pytest.approx(manual_perplexity(model, pairs, tokenizer, True), rel=1e-5)
     # Without the EOS the answer has one token less to score: a different number.
-    no_eos = evaluate.response_perplexity(model, tokenizer, samples, "upstream", "", batch_size=3)
+    no_eos = perplexity.response_perplexity(model, tokenizer, samples, "upstream", "", batch_size=3)
     assert no_eos == pytest.approx(
         manual_perplexity(model, [(p, a[:-4]) for p, a in pairs], tokenizer, True), rel=1e-5
     )
@@ -76,11 +76,11 @@ def test_response_perplexity_upstream_format_matches_manual(tiny_models):
 
 
 def test_response_perplexity_chat_template_matches_manual(tiny_models):
-    model, tokenizer = generation.load_model(str(tiny_models["llama"]), "cpu", "fp32")
+    model, tokenizer = loading.load_model(str(tiny_models["llama"]), "cpu", "fp32")
     samples = [
         ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}], a) for q, a in QA
     ]
-    ppl = evaluate.response_perplexity(model, tokenizer, samples, "chat_template", batch_size=2)
+    ppl = perplexity.response_perplexity(model, tokenizer, samples, "chat_template", batch_size=2)
     pairs = [
         (
             f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n",
@@ -117,7 +117,7 @@ REPORT_SCHEMA = (
 
 
 def test_report_keys_and_bleu_wiring_with_a_fake_generator(tiny_models, monkeypatch):
-    model, tokenizer = generation.load_model(str(tiny_models["opt"]), "cpu", "fp32")
+    model, tokenizer = loading.load_model(str(tiny_models["opt"]), "cpu", "fp32")
     samples = [(q, a) for q, a in QA]
 
     def echo_references(model, tokenizer, samples, *args, **kwargs):
@@ -139,7 +139,7 @@ def test_report_keys_and_bleu_wiring_with_a_fake_generator(tiny_models, monkeypa
 
 
 def test_batched_left_padded_generation_equals_one_by_one(tiny_models):
-    model, tokenizer = generation.load_model(str(tiny_models["llama"]), "cpu", "fp32")
+    model, tokenizer = loading.load_model(str(tiny_models["llama"]), "cpu", "fp32")
     texts = [f" Human: {q} Assistant:" for q, _ in QA]
     settings = generation.GenerationSettings(max_new_tokens=6)
     stop = generation.stop_token_ids(model, tokenizer, "upstream")
@@ -255,7 +255,7 @@ def test_greedy_answers_do_not_depend_on_the_batch_size(tiny_models, tmp_path):
 def test_generation_batches_never_pad(tiny_models, monkeypatch):
     """Why the answers above agree: every generate call gets prompts of one token length (no padding, whose
     masked arithmetic rounds differently and can flip a greedy near-tie)."""
-    model, tokenizer = generation.load_model(str(tiny_models["llama"]), "cpu", "fp32")
+    model, tokenizer = loading.load_model(str(tiny_models["llama"]), "cpu", "fp32")
     seen, real = [], generation.generate_batch
 
     def spy(model, tokenizer, texts, *args, **kwargs):

@@ -17,7 +17,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dschat import run_dir
-from dschat.inference import generation
+from dschat.inference import generation, loading
 from dschat.inference.chat import ChatSession
 from dschat.utils.data import prompts
 from dschat.utils.save import save_hf_format
@@ -95,7 +95,7 @@ def server(tiny_models, tmp_path_factory):
 @pytest.fixture(scope="session")
 def chatbot(server):
     """dschat's chatbot on the served directory: the reference answers."""
-    model, tokenizer = generation.load_model(str(server.model_dir))
+    model, tokenizer = loading.load_model(str(server.model_dir))
 
     def answer(question: str, max_new_tokens: int, system: str | None = None, history=()) -> tuple[str, int]:
         settings = generation.GenerationSettings(max_new_tokens=max_new_tokens)
@@ -422,11 +422,10 @@ def test_bad_flags_are_one_line_errors(capsys, tmp_path):
 
 
 def test_adapter_dir_is_served_in_its_runs_prompt_format(tmp_path):
-    from dschat.serve.cli import trained_template
-
+    trained_template = run_dir.trained_prompt_template
     adapter = tmp_path / "out" / run_dir.LORA_ADAPTER_DIR
     adapter.mkdir(parents=True)
-    (adapter / generation.ADAPTER_CONFIG).write_text("{}")
+    (adapter / run_dir.ADAPTER_CONFIG_NAME).write_text("{}")
     run_dir.write_run_info(tmp_path / "out", run_dir.run_info(prompts.CHAT_TEMPLATE, {}))
     assert trained_template(str(adapter), None) == prompts.CHAT_TEMPLATE
     assert trained_template(str(adapter), prompts.UPSTREAM) == prompts.UPSTREAM  # the flag wins

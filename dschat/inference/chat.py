@@ -15,8 +15,9 @@ import logging
 import sys
 from collections.abc import Callable
 
+from dschat import run_dir
 from dschat.errors import DschatError
-from dschat.inference import generation
+from dschat.inference import generation, loading
 from dschat.utils.data import prompts
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class ChatSession:
         self.system = system
         self.stop_ids = generation.stop_token_ids(model, tokenizer, prompt_template)
         self.stop_strings = prompts.stop_markers(prompt_template)
-        self.max_context = generation.max_context(model, tokenizer)
+        self.max_context = loading.max_context(model, tokenizer)
         if self.max_context is not None and self.settings.max_new_tokens >= self.max_context:
             raise DschatError(
                 f"--max_new_tokens {self.settings.max_new_tokens} leaves no room for the prompt in the model's "
@@ -120,13 +121,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--system", type=str, default=None, help="Optional system prompt.")
     generation.add_generation_args(parser)
     return parser.parse_args(argv)
-
-
-def resolve_prompt_template(path: str, requested: str | None) -> str:
-    """The flag's template, else the one the model was trained with, else upstream's."""
-    if requested is not None:
-        return requested
-    return generation.read_model_run_info(path).get("prompt_template", prompts.UPSTREAM)
 
 
 def escape_line(text: str) -> str:
@@ -211,8 +205,8 @@ def main(argv: list[str] | None = None) -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    template = resolve_prompt_template(args.path, args.prompt_template)
-    model, tokenizer = generation.load_model(args.path, args.device, args.dtype, args.trust_remote_code)
+    template = run_dir.trained_prompt_template(args.path, args.prompt_template)
+    model, tokenizer = loading.load_model(args.path, args.device, args.dtype, args.trust_remote_code)
     transformers.set_seed(args.seed)
     settings = generation.settings_from_args(args)
     session = ChatSession(model, tokenizer, template, settings, args.system)

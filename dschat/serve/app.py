@@ -173,7 +173,10 @@ async def _respond(job: Job, reply: protocol.Reply, request: Request, prompt_tok
 def create_app(
     served: Served, engine: Engine, limits: protocol.Limits, api_key: str | None = None
 ) -> FastAPI:
-    """The FastAPI app; the engine must be started (and stopped) by the caller."""
+    """The FastAPI app; the engine must be started (and stopped) by the caller.
+
+    (Over 50 lines because FastAPI's routes are closures over the served model: one short one per route.)
+    """
     app = FastAPI(title="dschat", docs_url=None, redoc_url=None, openapi_url=None)
     tokenizer = served.tokenizer
 

@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from dschat import run_dir
 from dschat.errors import DschatError
 from dschat.utils.data import prompts
 
@@ -26,6 +27,7 @@ MAX_PORT = 65535
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The server's flags (long only for their help texts)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -104,19 +106,6 @@ def is_loopback(host: str) -> bool:
     return host == "localhost"
 
 
-def trained_template(path: str, requested: str | None) -> str:
-    """The flag's format, else the run's (a lora_adapter/ dir reads its training run's info, one level up)."""
-    from dschat.inference import generation
-
-    if requested is not None:
-        return requested
-    directory = Path(path)
-    info = generation.read_model_run_info(path)
-    if not info and (directory / generation.ADAPTER_CONFIG).is_file():
-        info = generation.read_model_run_info(str(directory.parent))
-    return info.get("prompt_template", prompts.UPSTREAM)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     validate_args(args)
@@ -126,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         raise DschatError("the server needs FastAPI and uvicorn: pip install -e '.[serve]'") from None
     import torch
 
-    from dschat.inference import generation
+    from dschat.inference import generation, loading
     from dschat.serve.app import Served, create_app
     from dschat.serve.engine import Engine
     from dschat.serve.protocol import Limits
@@ -139,13 +128,13 @@ def main(argv: list[str] | None = None) -> None:
         logger.warning(
             "binding %s without --api_key: anyone who can reach this port can use the model", args.host
         )
-    template = trained_template(args.path, args.prompt_template)
-    model, tokenizer = generation.load_model(args.path, args.device, args.dtype, args.trust_remote_code)
+    template = run_dir.trained_prompt_template(args.path, args.prompt_template)
+    model, tokenizer = loading.load_model(args.path, args.device, args.dtype, args.trust_remote_code)
     served = Served(
         model_id=args.served_model_name or Path(args.path).resolve().name,
         tokenizer=tokenizer,
         prompt_template=template,
-        max_context=generation.max_context(model, tokenizer),
+        max_context=loading.max_context(model, tokenizer),
     )
     stop_ids = generation.stop_token_ids(model, tokenizer, template)
     engine = Engine(

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM
 
 from dschat import run_dir
 from dschat.errors import DschatError, run_cli
-from dschat.inference.generation import DTYPES, resolve_device
+from dschat.inference.loading import DTYPES, resolve_device
 from dschat.utils.data import prompts
 from dschat.utils.log import setup_logging
 from dschat.utils.model.model_utils import create_hf_model, load_hf_tokenizer

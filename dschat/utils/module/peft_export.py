@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dschat.run_dir import LORA_ADAPTER_DIR
+from dschat.run_dir import ADAPTER_CONFIG_NAME, LORA_ADAPTER_DIR
 from dschat.utils import atomic
 from dschat.utils.log import global_rank
 from dschat.utils.model.model_utils import unwrap_model
@@ -29,7 +29,6 @@ from dschat.utils.module.lora import GatherFactory, LinearLayer_LoRA, is_lora_pa
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 # PeftModel wraps the HF model as base_model (LoraModel) -> model (the HF model): saved keys carry this prefix.
 PEFT_KEY_PREFIX = "base_model.model."
