@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from dschat.errors import DschatError
+from dschat.utils import atomic
 
 TRAIN_FILE, EVAL_FILE = "train.jsonl", "eval.jsonl"
 # The report goes to a subdirectory: main.py reads every .json/.jsonl/.parquet file at the top level as data.
@@ -16,8 +16,8 @@ DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 
 def temp_name(path: Path) -> Path:
-    """A hidden temporary sibling of ``path`` naming this process."""
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """A temporary sibling of ``path`` naming this process (atomic's naming, so killed runs' files are swept)."""
+    return atomic.temp_sibling(path)
 
 
 class AtomicJsonl:
@@ -25,25 +25,20 @@ class AtomicJsonl:
 
     def __init__(self, path: Path):
         self.path = path
-        self.temp = temp_name(path)
-        self.handle = open(self.temp, "w", encoding="utf-8")
+        self.pending = atomic.PendingFile(path, "w", encoding="utf-8")
         self.count = 0
 
     def write(self, messages: list[dict]) -> None:
-        self.handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        self.pending.handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
         self.count += 1
 
     def commit(self) -> None:
         """Flush, sync and rename into place."""
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.temp, self.path)
+        self.pending.commit()
 
     def abort(self) -> None:
         """Remove the temporary file (after an error, or when there is nothing to write)."""
-        self.handle.close()
-        self.temp.unlink(missing_ok=True)
+        self.pending.abort()
 
 
 def check_output_dir(output_dir: str, input_paths: list[str]) -> Path:

@@ -38,20 +38,37 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+class PendingFile:
+    """A file being written under a temporary name: ``commit`` publishes it whole, ``abort`` drops it."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "w", **kwargs: Any):
+        self.path = Path(path)
+        self.temp = temp_sibling(self.path)
+        self.handle: IO = open(self.temp, mode, **kwargs)
+
+    def commit(self) -> None:
+        """Flush to disk, rename over the target, persist the rename."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.temp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        self.handle.close()
+        self.temp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def open_atomic(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """A handle to a temporary file that replaces ``path`` when the block ends without an exception."""
-    target = Path(path)
-    temp = temp_sibling(target)
+    pending = PendingFile(path, mode, **kwargs)
     try:
-        with open(temp, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+        yield pending.handle
+    except BaseException:
+        pending.abort()
+        raise
+    pending.commit()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
