@@ -40,11 +40,19 @@ def test_demo_runs_end_to_end_and_reuses_its_work(tmp_path, tiny_models, capsys)
         "--max_steps 3 --max_seq_len 64 --num_train_epochs 1",
     ]
     assert run_cli(demo.main, argv) == 0
-    out = capsys.readouterr().out
+    first = capsys.readouterr()
+    out = first.out
     assert "Before / after" in out and "fine-tuned" in out and "chat.py --path" in out
+    assert "answer ppl" in out and "dschat.serve --path" in out
     model = tmp_path / "demo" / "model"
     assert (model / "loss_curve.png").stat().st_size > 1000
+    assert len((model / "eval.jsonl").read_text().splitlines()) == 2  # plotted beside the training loss
     assert demo.model_is_complete(model)
+    # A re-run reuses the fine-tuned model and both evaluations: the same table, nothing recomputed.
+    assert run_cli(demo.main, argv) == 0
+    again = capsys.readouterr()
+    assert again.err.count("reusing its evaluation") == 2 and "reusing the fine-tuned model" in again.err
+    assert again.out.split("loss curve:")[0] == out.split("loss curve:")[0]
     assert len((model / "metrics.jsonl").read_text().splitlines()) == 3
     assert run_cli(demo.main, argv) == 0  # second run: nothing retrained, evaluations reused
     log = capsys.readouterr().err

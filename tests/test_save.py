@@ -149,6 +149,11 @@ def test_saved_config_and_tokenizer_are_complete(tiny_models, tmp_path):
     assert reloaded.padding_side == "right"
     assert reloaded.chat_template == tokenizer.chat_template
     assert read_run_info(tmp_path) == {}  # no run_info given: no file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()} == {
+        p.name: 0o666 & ~umask for p in tmp_path.iterdir() if p.is_file()
+    }  # weights too: transformers writes them 0600 through a private temp file
 
 
 def add_extras(model) -> None:
