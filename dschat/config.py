@@ -140,6 +140,7 @@ class OutputConfig:
     save_format: str = free("safetensors")
     save_lora_adapter: bool = free(False)
     resume: bool = free(False)
+    overwrite_output_dir: bool = free(False)
     resume_from: str | None = free(None)
     dry_run: bool = free(False)
 

@@ -311,6 +311,12 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
         "adapter_model.safetensors) for peft.PeftModel.from_pretrained(base, dir). Needs --lora_dim > 0.",
     )
     add("--resume", action="store_true", help="(dschat) continue from the latest checkpoint in --output_dir.")
+    add(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="(dschat) start clean in an --output_dir that holds another run's checkpoints (they and its metrics "
+        "are deleted). Without it such a run refuses, so two runs never mix.",
+    )
     add("--resume_from", type=str, default=None, help="(dschat) continue from this checkpoint directory.")
     add(
         "--dry_run",

@@ -10,6 +10,7 @@ from dschat.config import ZERO_STAGES
 from dschat.errors import DschatError
 from dschat.utils.data.splits import parse_data_split
 from dschat.utils.model.model_utils import model_source_problem
+from dschat.utils.ownership import existing_run_problem
 
 # Validation tables: (flag, smallest allowed value).
 AT_LEAST = (
@@ -77,6 +78,11 @@ def combination_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--offload needs --zero_stage 1, 2 or 3 (ZeRO-Offload moves ZeRO's optimizer state)")
     if args.only_optimize_lora and args.lora_dim <= 0:
         problems.append("--only_optimize_lora needs --lora_dim > 0 (otherwise nothing would train)")
+    resuming = bool(args.resume or args.resume_from)
+    if problem := existing_run_problem(
+        args.output_dir, args.model_name_or_path, resuming, args.overwrite_output_dir
+    ):
+        problems.append(problem)
     if getattr(args, "deepspeed_config", None):
         problems.append(
             "--deepspeed_config cannot be used: main.py builds the config; use --ds_config_override"

@@ -247,6 +247,11 @@ def train(
     if resume_dir is None:
         logger.info("***** Evaluating perplexity, Epoch 0/%d *****", epochs)
         evaluate_and_log(loop, state, 0)
+    if cfg.loop.max_steps and state.update_step >= cfg.loop.max_steps:
+        logger.info("nothing to train: the checkpoint is at update_step=%d = --max_steps", state.update_step)
+        loop.stop.restore()
+        metrics.close()
+        return Outcome.MAX_STEPS
     outcome = Outcome.DONE
     for epoch in range(state.epoch, epochs):
         logger.info("Beginning of Epoch %d/%d, Total Micro Batches %d", epoch + 1, epochs, len(train_loader))

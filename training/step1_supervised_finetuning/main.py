@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from dschat import config, run_dir
 from dschat.errors import run_cli
 from dschat.flags import parse_train_args
-from dschat.utils import checkpoint, dist, optim, save, train
+from dschat.utils import checkpoint, dist, optim, ownership, save, train
 from dschat.utils.data.data_utils import prepare_datasets
 from dschat.utils.ds_utils import train_ds_config
 from dschat.utils.loaders import create_dataloaders
@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.output.dry_run:
         log_plan(cfg, tokenizer, dist.get_world_size())
         return
+    lock = ownership.claim_output_dir(
+        cfg.output.output_dir, cfg.output.overwrite_output_dir, resume_dir is not None
+    )
     model = build_model(AutoModelForCausalLM, cfg.model, tokenizer, ds_config)
     apply_lora(model, cfg.lora)
 
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         save.save_final_model(
             engine, tokenizer, cfg.output, cfg.lora, cfg.engine.zero_stage, cfg.model.model_name_or_path, info
         )
+    del lock  # held until here: the output dir belonged to this run for its whole life
 
 
 if __name__ == "__main__":
