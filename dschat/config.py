@@ -22,7 +22,7 @@ ZERO_STAGES = (0, 1, 2, 3)
 PADDING_CHOICES = ("auto", "longest", "max_length")
 SAVE_FORMATS = ("safetensors", "pytorch_bin")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-FINGERPRINT_VERSION = 2  # bump when a field's meaning changes, so old checkpoints are not trusted silently
+FINGERPRINT_VERSION = 3  # 3: the training data's digest; bump when a field's meaning changes, so old checkpoints are not trusted silently
 
 
 def free(default: Any = None) -> Any:
@@ -117,6 +117,7 @@ class EngineConfig:
     enable_tensorboard: bool = free(False)
     tensorboard_path: str = free("step1_tensorboard")
     ds_config_override: str | None = free(None)
+    dist_timeout: float = free(10.0)
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,17 @@ class TrainConfig:
     loop: LoopConfig
     output: OutputConfig
 
-    def fingerprint(self, world_size: int) -> dict:
-        """The settings a resumed run must share with the original for its steps to continue exactly."""
-        values: dict[str, Any] = {"fingerprint_version": FINGERPRINT_VERSION, "world_size": world_size}
+    def fingerprint(self, world_size: int, data_digest: str) -> dict:
+        """The settings a resumed run must share with the original for its steps to continue exactly.
+
+        ``data_digest`` is the tokenised data's identity: an edited data file changes the order and content
+        of the remaining steps, so it is refused like a changed flag.
+        """
+        values: dict[str, Any] = {
+            "fingerprint_version": FINGERPRINT_VERSION,
+            "world_size": world_size,
+            "data_digest": data_digest,
+        }
         for section in fields(self):
             part = getattr(self, section.name)
             for item in fields(part):

@@ -253,6 +253,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="(dschat) JSON file deep-merged over the built DeepSpeed config (the result is logged).",
     )
+    add(
+        "--dist_timeout",
+        type=float,
+        default=10.0,
+        help="(dschat) minutes a rank waits for the others in a collective before the run stops, naming the "
+        "ranks that did not answer (DeepSpeed's default, 10). Raise it if a rank is legitimately slow: a very "
+        "long data build or checkpoint save.",
+    )
     # Set by the launcher; the rank actually used comes from the environment (dschat.utils.dist).
     add("--local_rank", type=int, default=-1, help="Set by the deepspeed launcher.")
 
@@ -310,14 +318,27 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
         help="(dschat) also write <output_dir>/lora_adapter/ in PEFT's LoRA format (adapter_config.json + "
         "adapter_model.safetensors) for peft.PeftModel.from_pretrained(base, dir). Needs --lora_dim > 0.",
     )
-    add("--resume", action="store_true", help="(dschat) continue from the latest checkpoint in --output_dir.")
+    add(
+        "--resume",
+        action="store_true",
+        help="(dschat) continue from the newest intact checkpoint in --output_dir (each is verified against the "
+        "sha256 manifest dschat wrote; damaged ones are passed over). Trust: DeepSpeed's model and optimizer "
+        "files are pickles, so resume only from a dir whose writers you trust; dschat refuses files it did "
+        "not record.",
+    )
     add(
         "--overwrite_output_dir",
         action="store_true",
         help="(dschat) start clean in an --output_dir that holds another run's checkpoints (they and its metrics "
         "are deleted). Without it such a run refuses, so two runs never mix.",
     )
-    add("--resume_from", type=str, default=None, help="(dschat) continue from this checkpoint directory.")
+    add(
+        "--resume_from",
+        type=str,
+        default=None,
+        help="(dschat) continue from this checkpoint (<output_dir>/checkpoints/step<N>, or a run's dir for its "
+        "newest intact one), verified like --resume.",
+    )
     add(
         "--dry_run",
         action="store_true",

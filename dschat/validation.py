@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
+from dataclasses import dataclass
 
-from dschat.config import ZERO_STAGES
+from dschat.config import ZERO_STAGES, EngineConfig, section_from_args
 from dschat.errors import DschatError
-from dschat.utils.data.splits import parse_data_split
+from dschat.utils.data.splits import data_weights_problem, parse_data_split
+from dschat.utils.ds_utils import override_problem
 from dschat.utils.model.model_utils import model_source_problem
 from dschat.utils.ownership import existing_run_problem
 
@@ -27,6 +30,62 @@ AT_LEAST = (
     ("save_interval", 0),
     ("save_total_limit", 0),
     ("max_bad_steps", 0),
+)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric flag's allowed values: finite, between ``low`` and ``high`` (each end allowed or not)."""
+
+    flag: str
+    low: float
+    high: float = math.inf
+    low_allowed: bool = True
+    high_allowed: bool = True
+    fix: str = ""
+
+    def problem(self, value: float | None) -> str | None:
+        """Why ``value`` is not allowed, or None (also for a flag left unset)."""
+        if value is None:
+            return None
+        above = value >= self.low if self.low_allowed else value > self.low
+        below = value <= self.high if self.high_allowed else value < self.high
+        if math.isfinite(value) and above and below:
+            return None
+        if self.high == math.inf:
+            allowed = f"a finite number {'>=' if self.low_allowed else '>'} {self.low}"
+        else:
+            allowed = f"in {'[' if self.low_allowed else '('}{self.low}, {self.high}{']' if self.high_allowed else ')'}"
+        return f"--{self.flag} {value}: must be {allowed}. Fix: {self.fix}"
+
+
+# Validation table: float (and bounded integer) flags; NaN and infinity are never allowed.
+IN_BOUNDS = (
+    Bounds(
+        "learning_rate",
+        0,
+        low_allowed=False,
+        fix="pass a positive rate such as upstream's default 1e-3 (fine-tuning often uses 1e-5)",
+    ),
+    Bounds(
+        "lora_learning_rate", 0, low_allowed=False, fix="pass a positive rate such as upstream's default 5e-4"
+    ),
+    Bounds("weight_decay", 0, fix="pass 0 (upstream's default: no decay) or a positive value such as 0.1"),
+    Bounds(
+        "lora_alpha",
+        0,
+        low_allowed=False,
+        fix="LoRA's scaling is lora_alpha / lora_dim; pass a positive value such as the default 1",
+    ),
+    Bounds(
+        "dropout",
+        0,
+        1,
+        high_allowed=False,
+        fix="it is a probability: pass 0 to disable dropout, or leave the flag out to keep the model's own",
+    ),
+    Bounds("lora_dropout", 0, 1, high_allowed=False, fix="it is a probability: 0 (the default) disables it"),
+    Bounds("seed", 0, 2**32 - 1, fix="numpy's seeds are unsigned 32-bit integers; the default is 1234"),
 )
 
 
@@ -90,14 +149,30 @@ def combination_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def validate_train_args(args: argparse.Namespace, accelerator: str, fp16_ok: bool, bf16_ok: bool) -> None:
-    """Collect every problem with the flags and raise them together as one DschatError."""
+def value_problems(args: argparse.Namespace) -> list[str]:
+    """Single flags outside their allowed values (the tables, the blend weights, the DeepSpeed override)."""
     problems = [
         f"--{flag} {getattr(args, flag)}: must be at least {least}"
         for flag, least in AT_LEAST
         if getattr(args, flag) < least
     ]
-    problems += combination_problems(args) + precision_problems(args, accelerator, fp16_ok, bf16_ok)
+    problems += [p for bounds in IN_BOUNDS if (p := bounds.problem(getattr(args, bounds.flag)))]
+    if (problem := data_weights_problem(args.data_weights, len(args.data_path))) is not None:
+        problems.append(problem)
+    if args.zero_stage in ZERO_STAGES and (
+        problem := override_problem(section_from_args(EngineConfig, args))
+    ):
+        problems.append(problem)
+    return problems
+
+
+def validate_train_args(args: argparse.Namespace, accelerator: str, fp16_ok: bool, bf16_ok: bool) -> None:
+    """Collect every problem with the flags and raise them together as one DschatError."""
+    problems = (
+        value_problems(args)
+        + combination_problems(args)
+        + precision_problems(args, accelerator, fp16_ok, bf16_ok)
+    )
     try:
         parse_data_split(args.data_split)
     except DschatError as err:

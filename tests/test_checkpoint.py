@@ -140,8 +140,8 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_cleanly(tmp_path, tiny_
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, log[-2000:]
     assert "--resume" in log
-    saved = checkpoint.latest_checkpoint(str(out / "checkpoints"))
-    assert saved is not None
+    saved, damaged = checkpoint.intact_checkpoint(str(out / "checkpoints"))
+    assert saved is not None and not damaged
     state = json.loads((Path(saved) / checkpoint.STATE_FILE).read_text())
     assert state["micro_step"] == len(losses(out)) and not (out / "config.json").exists()
     main = step1_main()
@@ -176,9 +176,9 @@ def test_resume_refuses_different_settings_and_non_checkpoints(
         run_cli(main, argv(tiny_models["opt8"], data_file, tmp_path / "x", "--resume_from", str(tmp_path)))
         == 2
     )
-    assert "is not a dschat checkpoint" in capsys.readouterr().err
+    assert "holds no intact dschat checkpoint" in capsys.readouterr().err
     assert run_cli(main, argv(tiny_models["opt8"], data_file, tmp_path / "y", "--resume")) == 2
-    assert "no complete checkpoint" in capsys.readouterr().err
+    assert "no intact checkpoint" in capsys.readouterr().err
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_trusted(
@@ -199,7 +199,10 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_trusted(
     with pytest.raises(KeyboardInterrupt):
         run_cli(main, argv(tiny_models["opt8"], data_file, out, "--save_interval", "2"))
     root = str(out / "checkpoints")
-    assert checkpoint.latest_checkpoint(root).endswith("step2")  # the pointer moves last
+    assert checkpoint.intact_checkpoint(root) == (
+        str(out / "checkpoints" / "step2"),
+        [],
+    )  # pointer moves last
     monkeypatch.setattr(checkpoint, "point_latest", real)
     monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: type("U", (), {"free": 10})())
     assert run_cli(main, argv(tiny_models["opt8"], data_file, tmp_path / "full", "--save_interval", "2")) == 2

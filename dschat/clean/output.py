@@ -48,7 +48,13 @@ def check_output_dir(output_dir: str, input_paths: list[str]) -> Path:
         raise DschatError(
             f"--output_dir {output_dir!r} is a file. Fix: pass a directory (it is created if missing)."
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)  # its report/ folder too, later
+    except OSError as err:
+        raise DschatError(
+            f"--output_dir {output_dir!r} cannot be created ({err.strerror or err}). Fix: choose a path under a "
+            "writable folder."
+        ) from None
     inputs = {Path(p).resolve() for p in input_paths if Path(p).exists()}
     for name in OWN_FILES:
         target = (directory / name).resolve()

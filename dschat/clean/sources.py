@@ -109,13 +109,13 @@ def _text_lines(path: str) -> Iterator[tuple[str, str, bool]]:
 
 
 def _strings(value) -> Iterator[str]:
-    """Every non-empty string inside a JSON value."""
-    if isinstance(value, str):
-        if value.strip():
-            yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
+    """Every non-empty string inside a JSON value, in order (a stack, not recursion: records may nest deeply)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item.strip():
+                yield item
+        elif isinstance(item, (dict, list)):
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend(reversed(list(children)))

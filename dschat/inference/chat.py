@@ -55,6 +55,10 @@ class ChatSession:
             )
         self.history: list[dict] = []
         self.trimmed_turns = 0  # oldest turns dropped while building the last prompt
+        if prompt_template == prompts.CHAT_TEMPLATE:
+            self._encode(
+                self._messages("hello")
+            )  # a template that refuses --system: say so before the first prompt
 
     def clear(self) -> None:
         """Forget the conversation (the system prompt stays)."""
@@ -169,6 +173,22 @@ def banner(
     return "\n".join(lines)
 
 
+def tolerate_undecodable_input() -> None:
+    """Read stdin with undecodable bytes replaced by U+FFFD: piped bytes in another encoding never stop a chat."""
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")
+
+
+def decodable(text: str) -> str:
+    """``text`` with undecodable bytes as U+FFFD: Python hands them over as lone surrogates (argv, a C-locale
+    stdin), which the tokenizer refuses."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raw = text.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace")
+
+
 def chat_loop(session: ChatSession, interactive: bool) -> None:
     """Read prompts until quit/exit or end of input; ``clear`` resets the history."""
     round_number = 0
@@ -180,7 +200,7 @@ def chat_loop(session: ChatSession, interactive: bool) -> None:
             if interactive:
                 print()
             return
-        command = text.strip()
+        command = decodable(text).strip()
         if command in QUIT_COMMANDS:
             return
         if command == CLEAR_COMMAND:
@@ -209,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer = loading.load_model(args.path, args.device, args.dtype, args.trust_remote_code)
     transformers.set_seed(args.seed)
     settings = generation.settings_from_args(args)
-    session = ChatSession(model, tokenizer, template, settings, args.system)
-    _notice(banner(args.path, template, settings, model, args.system))
+    system = decodable(args.system) if args.system else args.system
+    session = ChatSession(model, tokenizer, template, settings, system)
+    _notice(banner(args.path, template, settings, model, system))
+    tolerate_undecodable_input()
     chat_loop(session, interactive=sys.stdin.isatty())

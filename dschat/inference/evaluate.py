@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from dschat.inference import generation, loading
 from dschat.inference.perplexity import Sample, response_perplexity, to_messages
 from dschat.utils import atomic
 from dschat.utils.data import prompts
+from dschat.validation import unwritable_dir_problem
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +211,15 @@ def format_table(reports: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def report_path_problem(path: str) -> str | None:
+    """Why the report cannot be written to ``path`` (a missing folder is fine: it is created), or None."""
+    if Path(path).is_dir():
+        return f"--output {path!r} is a directory; name the report file, e.g. {os.path.join(path, 'report.json')}"
+    if problem := unwritable_dir_problem(os.path.dirname(os.path.abspath(path))):
+        return f"--output {path!r}: its folder {problem}; choose another path"
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -246,8 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     problems += [f"--batch_size {args.batch_size} must be at least 1"] if args.batch_size < 1 else []
     problems += [f"--max_samples {args.max_samples} must be >= 0"] if args.max_samples < 0 else []
     problems += [f"--model {m!r} is not a directory" for m in args.model if not Path(m).is_dir()]
+    problems += [problem] if args.output and (problem := report_path_problem(args.output)) else []
     if problems:
         raise DschatError("; ".join(problems))
+    if args.output:  # its folder now, not after the models were scored
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     from dschat.utils.log import setup_logging
 
     setup_logging()

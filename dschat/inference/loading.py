@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dschat.errors import DschatError
 from dschat.run_dir import ADAPTER_CONFIG_NAME
 from dschat.utils.model.model_utils import TORCH_DTYPES
+from dschat.utils.model.weights import load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,14 @@ def _adapter_base(path: Path) -> str | None:
     config_path = path / ADAPTER_CONFIG_NAME
     if not config_path.is_file():
         return None
-    base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    try:
+        adapter = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DschatError(
+            f"{config_path} is not readable JSON ({' '.join(str(err).split())}); re-save the adapter with "
+            "peft's save_pretrained"
+        ) from None
+    base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
     if not base:
         raise DschatError(
             f"{config_path} has no base_model_name_or_path; set it to the base model's directory"
@@ -71,9 +79,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 
 def _from_pretrained(path: str, dtype: torch.dtype, trust_remote_code: bool):
+    """The causal LM of ``path``; weights that are unreadable or do not fit its config.json are a DschatError."""
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
+        return load_pretrained(AutoModelForCausalLM, path, dtype, trust_remote_code)
+    except ValueError as err:
         raise DschatError(f"cannot load a causal LM from {path!r}: {' '.join(str(err).split())}") from err
 
 

@@ -1,9 +1,12 @@
 """Mid-training checkpoints that never lie: atomic DeepSpeed checkpoints plus everything exact resume needs.
 
 Layout: ``<output_dir>/checkpoints/step<N>/`` holds DeepSpeed's files (model, optimizer, scheduler), every
-rank's RNG states (JSON + safetensors, no pickle) and ``dschat_state.json`` (counters, data position and the
-run's fingerprint). A checkpoint is written under a temporary name, renamed when every rank is done, and only
-then does ``latest`` point at it: a kill at any moment leaves the previous checkpoint intact and trusted.
+rank's RNG states (JSON + safetensors, no pickle), ``dschat_state.json`` (counters, data position and the
+run's fingerprint) and, written last, ``dschat_manifest.json`` (every file's size and sha256). A checkpoint is
+written under a temporary name, renamed when every rank is done, and only then does ``latest`` point at it: a
+kill at any moment leaves the previous checkpoint intact and trusted. Resuming verifies the manifest before
+anything is read, passes over damaged checkpoints to the newest intact one, and follows ``latest`` only to a
+``step<N>`` inside the same directory.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from dschat.config import OutputConfig
 from dschat.errors import DschatError
 from dschat.run_dir import CHECKPOINTS_DIR
-from dschat.utils import atomic, dist
+from dschat.utils import atomic, dist, manifest
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,9 @@ def checkpoints_root(output_dir: str) -> str:
 
 def fingerprint_differences(saved: dict, current: dict) -> list[str]:
     return [
-        f"{key}: checkpoint={saved.get(key)!r} now={current.get(key)!r}"
+        "the tokenised training data differs (a data file, the tokenizer or the template was changed)"
+        if key == "data_digest"
+        else f"{key}: checkpoint={saved.get(key)!r} now={current.get(key)!r}"
         for key in sorted(set(saved) | set(current))
         if saved.get(key) != current.get(key)
     ]
@@ -95,7 +100,7 @@ def restore_rng(checkpoint_dir: str) -> None:
 
 def check_disk_space(root: str, num_params: int) -> None:
     """Refuse to start a checkpoint that cannot fit (the previous one's size, or an estimate)."""
-    previous = latest_checkpoint(root)
+    previous = newest_checkpoint(root)
     if previous:
         needed = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(previous) for f in files)
     else:
@@ -131,6 +136,7 @@ def save_checkpoint(engine, output_dir: str, state: TrainState, save_total_limit
     dist.barrier()
     final = os.path.join(root, tag)
     if rank == 0:
+        manifest.write_manifest(tmp_dir)  # last: it covers every rank's files, now all written
         atomic.publish_dir(tmp_dir, final)  # the same step saved before (a resumed run) is replaced
         point_latest(root, tag)  # last: until now "latest" names the previous, complete checkpoint
         prune_checkpoints(root, save_total_limit)
@@ -144,16 +150,25 @@ def point_latest(root: str, tag: str) -> None:
     atomic.write_text(os.path.join(root, LATEST), tag)
 
 
+def _is_tag(name: str) -> bool:
+    return name.startswith("step") and name[4:].isdigit()
+
+
+def _is_own_step(root: str, name: str) -> bool:
+    """``name`` is a ``step<N>`` directory of ``root`` itself (not a path, not a link to elsewhere)."""
+    path = os.path.join(root, name)
+    inside = os.path.dirname(os.path.realpath(path)) == os.path.realpath(root)
+    return _is_tag(name) and inside and os.path.isdir(path)
+
+
 def list_checkpoints(root: str) -> list[str]:
-    """Complete checkpoints under ``root``, oldest first."""
+    """Published checkpoints under ``root`` (their manifest written), oldest first; not yet verified."""
     if not os.path.isdir(root):
         return []
     found = [
         name
         for name in os.listdir(root)
-        if name.startswith("step")
-        and name[4:].isdigit()
-        and os.path.isfile(os.path.join(root, name, STATE_FILE))
+        if _is_own_step(root, name) and os.path.isfile(os.path.join(root, name, manifest.MANIFEST))
     ]
     return [os.path.join(root, name) for name in sorted(found, key=lambda n: int(n[4:]))]
 
@@ -166,39 +181,89 @@ def prune_checkpoints(root: str, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(root: str) -> str | None:
-    """The checkpoint ``latest`` names, if it is complete; else the newest complete one."""
-    pointer = os.path.join(root, LATEST)
-    if os.path.isfile(pointer):
-        with open(pointer) as handle:
-            candidate = os.path.join(root, handle.read().strip())
-        if os.path.isfile(os.path.join(candidate, STATE_FILE)):
-            return candidate
+def newest_checkpoint(root: str) -> str | None:
+    """The newest published checkpoint, unverified (for messages and size estimates, not for loading)."""
     complete = list_checkpoints(root)
     return complete[-1] if complete else None
 
 
-def resolve_resume_path(output: OutputConfig) -> str | None:
-    """The checkpoint to resume from (``--resume_from PATH`` or ``--resume``), validated; None to start fresh."""
+def _pointed(root: str) -> str | None:
+    """The checkpoint ``latest`` names, if it names one of this run's checkpoints (a plain ``step<N>``)."""
+    try:
+        with open(os.path.join(root, LATEST), "rb") as handle:
+            name = handle.read(64).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return os.path.join(root, name) if _is_own_step(root, name) else None
+
+
+def intact_checkpoint(root: str) -> tuple[str | None, list[str]]:
+    """The checkpoint to resume from: the one ``latest`` names if intact, else the newest intact one.
+
+    Returns it (or None) and one line per damaged checkpoint passed over on the way.
+    """
+    pointed = _pointed(root)
+    order = ([pointed] if pointed else []) + [c for c in reversed(list_checkpoints(root)) if c != pointed]
+    if not order and os.path.isdir(root):  # unpublished (pre-manifest or foreign) step dirs: say why not
+        order = [os.path.join(root, n) for n in sorted(os.listdir(root)) if _is_own_step(root, n)]
+    damaged = []
+    for candidate in order:
+        problem = manifest.verify(candidate)
+        if problem is None:
+            return candidate, damaged
+        damaged.append(f"{os.path.basename(candidate)}: {problem}")
+    return None, damaged
+
+
+def _resume_target(output: OutputConfig) -> str | None:
+    """Where to resume from, verified against its manifest; raises one clear line when nothing usable."""
     if output.resume_from:
-        path = output.resume_from.rstrip("/")
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, STATE_FILE)):
-            path = latest_checkpoint(path) or path  # a checkpoints/ dir: take its latest
-        if not os.path.isfile(os.path.join(path, STATE_FILE)):
+        path = os.path.abspath(output.resume_from.rstrip("/"))
+        if os.path.isdir(checkpoints_root(path)):  # a run's output dir: its checkpoints
+            path = checkpoints_root(path)
+        if os.path.isdir(path) and not _is_tag(os.path.basename(path)):
+            path, damaged = intact_checkpoint(path)  # a checkpoints/ dir: its latest intact checkpoint
+            if path is None:
+                raise DschatError(
+                    f"--resume_from {output.resume_from!r} holds no intact dschat checkpoint"
+                    + (f" ({'; '.join(damaged)})" if damaged else "")
+                    + f": pass <output_dir>/{CHECKPOINTS_DIR}/step<N> of a run, or use --resume"
+                )
+            warn_passed_over(damaged, path)
+            return path
+        problem = manifest.verify(path) if os.path.isdir(path) else "it is not a directory"
+        if problem:
             raise DschatError(
-                f"--resume_from {output.resume_from!r} is not a dschat checkpoint (no {STATE_FILE}): "
-                f"pass <output_dir>/{CHECKPOINTS_DIR}/step<N> or use --resume"
+                f"--resume_from {output.resume_from!r} is not a dschat checkpoint to trust: {problem}. Pass "
+                f"<output_dir>/{CHECKPOINTS_DIR}/step<N> of a run, or --resume for the newest intact one"
             )
         return path
-    if output.resume:
-        path = latest_checkpoint(checkpoints_root(output.output_dir))
-        if path is None:
-            raise DschatError(
-                f"--resume: no complete checkpoint in {checkpoints_root(output.output_dir)}; "
-                "start without --resume (and with --save_interval N to write checkpoints)"
-            )
-        return path
-    return None
+    if not output.resume:
+        return None
+    root = checkpoints_root(output.output_dir)
+    path, damaged = intact_checkpoint(root)
+    if path is None:
+        raise DschatError(
+            f"--resume: no intact checkpoint in {root}"
+            + (f" ({'; '.join(damaged)})" if damaged else "")
+            + ": start without --resume (and with --save_interval N to write checkpoints), or resume from a "
+            "copy with --resume_from"
+        )
+    warn_passed_over(damaged, path)
+    return path
+
+
+def warn_passed_over(damaged: list[str], chosen: str) -> None:
+    if damaged:
+        logger.warning("passed over damaged checkpoints (%s); resuming from %s", "; ".join(damaged), chosen)
+
+
+def resolve_resume_path(output: OutputConfig) -> str | None:
+    """The checkpoint to resume from (``--resume_from PATH`` or ``--resume``), verified; None to start fresh.
+
+    Rank 0 reads and hashes, every rank gets its answer (or its error), so all ranks load the same files.
+    """
+    return dist.decided_by_rank0(_resume_target, output)
 
 
 def load_checkpoint(engine, path: str, fingerprint: dict) -> TrainState:

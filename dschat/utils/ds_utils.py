@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dschat.config import DTYPES, ZERO_STAGES, BatchConfig, EngineConfig
-from dschat.errors import DschatError
+from dschat.errors import DschatError, quote
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ MICRO_BATCH_SIZE = 4
 
 # fp16 waits this many overflow-free steps before raising the dynamic loss scale (DeepSpeed's default: 1000).
 FP16_LOSS_SCALE_WINDOW = 100
+_JSON_TYPES = {float: "number", str: "string", list: "array", dict: "object", type(None): "null"}
 
 
 def _precision_block(dtype: str, loss_scale_window: int | None) -> dict[str, dict[str, Any]]:
@@ -182,13 +183,49 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+def _json_type(value: Any) -> str:
+    """The JSON type name of a parsed value (bool and int are different types, as in DeepSpeed's schema)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _article(type_name: str) -> str:
+    return f"{'an' if type_name[0] in 'aeiou' else 'a'} {type_name}"
+
+
+def type_mismatches(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> list[str]:
+    """Override values whose JSON type differs from the built config's value at the same key path.
+
+    Keys the built config does not have are DeepSpeed's to check; an integer is accepted for a number.
+    """
+    found = []
+    for key, value in override.items():
+        if key not in base:
+            continue
+        path, expected = f"{prefix}{key}", base[key]
+        if isinstance(expected, dict) and isinstance(value, dict):
+            found += type_mismatches(expected, value, f"{path}.")
+            continue
+        wanted, given = _json_type(expected), _json_type(value)
+        if given != wanted and not (wanted == "number" and given == "integer"):
+            shown = "" if isinstance(value, (dict, list)) else f" ({quote(value, 40)})"
+            example = "" if isinstance(expected, (dict, list)) else f" like {json.dumps(expected)}"
+            found.append(f'"{path}" is {_article(given)}{shown}, expected {_article(wanted)}{example}')
+    return found
+
+
 def load_config_override(path: str | Path) -> dict[str, Any]:
     """Read a JSON object to merge over the built DeepSpeed config (``--ds_config_override FILE``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise DschatError(f"--ds_config_override: cannot read {path}: {err.strerror or err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise DschatError(
+            f"--ds_config_override: cannot read {path}: {getattr(err, 'strerror', None) or err}"
+        ) from err
     try:
         override = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as err:
@@ -196,6 +233,11 @@ def load_config_override(path: str | Path) -> dict[str, Any]:
             f"--ds_config_override: {path}:{err.lineno}:{err.colno}: invalid JSON ({err.msg}); "
             'the file must hold one JSON object such as {"zero_optimization": {"overlap_comm": false}}'
         ) from err
+    except RecursionError:
+        raise DschatError(
+            f"--ds_config_override: {path}: the JSON nests too deeply to parse; a DeepSpeed config is a few "
+            "levels of objects"
+        ) from None
     except ValueError as err:
         raise DschatError(
             f"--ds_config_override: {path}: {err}; each key may appear once per object"
@@ -205,13 +247,24 @@ def load_config_override(path: str | Path) -> dict[str, Any]:
             f"--ds_config_override: {path}: top level is a JSON {type(override).__name__}, "
             "expected an object of DeepSpeed config keys"
         )
-    logger.info("DeepSpeed config override from %s: %s", path, json.dumps(override, sort_keys=True))
     return override
 
 
-def train_ds_config(engine: EngineConfig, batch: BatchConfig, world_size: int) -> dict[str, Any]:
-    """Upstream's step-1 DeepSpeed config for this run, batch sizes set, ``--ds_config_override`` merged."""
-    config = get_train_ds_config(
+def checked_override(path: str | Path, base: dict[str, Any]) -> dict[str, Any]:
+    """The override file's object, each key it shares with the built ``base`` config holding the same JSON type."""
+    override = load_config_override(path)
+    mismatches = type_mismatches(base, override)
+    if mismatches:
+        raise DschatError(
+            f"--ds_config_override: {path}: {'; '.join(mismatches)}. Fix: write each value with the type DeepSpeed "
+            "expects (numbers unquoted, true/false for switches, objects for blocks)"
+        )
+    return override
+
+
+def _base_train_config(engine: EngineConfig) -> dict[str, Any]:
+    """Upstream's step-1 training config for these engine settings (batch sizes still placeholders)."""
+    return get_train_ds_config(
         offload=engine.offload,
         dtype=engine.dtype,
         stage=engine.zero_stage,
@@ -219,10 +272,37 @@ def train_ds_config(engine: EngineConfig, batch: BatchConfig, world_size: int) -
         tb_path=engine.tensorboard_path,
         tb_name="step1_model",
     )
+
+
+def override_problem(engine: EngineConfig) -> str | None:
+    """Why ``--ds_config_override`` cannot be merged (unreadable, not an object, a value of the wrong type), or None.
+
+    Run by the flag checks, before anything is loaded; the types do not depend on batch sizes or world size.
+    """
+    if not engine.ds_config_override:
+        return None
+    try:
+        checked_override(engine.ds_config_override, _base_train_config(engine))
+    except DschatError as err:
+        return str(err)
+    return None
+
+
+def train_ds_config(engine: EngineConfig, batch: BatchConfig, world_size: int) -> dict[str, Any]:
+    """Upstream's step-1 DeepSpeed config for this run, batch sizes set, ``--ds_config_override`` merged."""
     config = set_batch_sizes(
-        config, batch.per_device_train_batch_size, world_size, batch.gradient_accumulation_steps
+        _base_train_config(engine),
+        batch.per_device_train_batch_size,
+        world_size,
+        batch.gradient_accumulation_steps,
     )
     if engine.ds_config_override:
-        config = deep_merge(config, load_config_override(engine.ds_config_override))
+        override = checked_override(engine.ds_config_override, config)
+        logger.info(
+            "DeepSpeed config override from %s: %s",
+            engine.ds_config_override,
+            json.dumps(override, sort_keys=True),
+        )
+        config = deep_merge(config, override)
         logger.info("DeepSpeed config after --ds_config_override:\n%s", json.dumps(config, indent=2))
     return config

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
+from collections.abc import Callable
 
+import psutil
 import torch
 
 from dschat.errors import DschatError
@@ -14,24 +17,92 @@ logger = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """SIGTERM/SIGINT ask for a clean stop after the current step; a second signal acts immediately."""
+    """SIGTERM/SIGINT ask for a clean stop after the current step, however a scheduler delivers them.
+
+    Repeats are absorbed (a scheduler signalling the whole process group reaches a rank twice: directly and
+    through DeepSpeed's launcher), so the stop always ends in a complete checkpoint; SIGKILL still aborts.
+    When started by the ``deepspeed`` launcher, the launcher's death is a stop request too: otherwise
+    killing only the launcher leaves its ranks training as orphans.
+    """
 
     def __init__(self):
         self.requested = False
         self.previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self.handle)
+        self.watcher = LauncherWatch(self.request_from_watch)
 
     def handle(self, signum, frame) -> None:
+        if self.requested:
+            logger.warning(
+                "received signal %d again: already stopping (kill -9 aborts without a checkpoint)", signum
+            )
+            return
         logger.warning(
             "received signal %d: finishing this step, then saving a checkpoint and exiting", signum
         )
         self.requested = True
-        signal.signal(signum, self.previous.get(signum) or signal.SIG_DFL)
+
+    def request_from_watch(self, launcher: str) -> None:
+        if not self.requested:
+            logger.warning(
+                "the launcher (%s) is gone: finishing this step, then saving a checkpoint", launcher
+            )
+            self.requested = True
 
     def restore(self) -> None:
+        self.watcher.stop()
         for sig, handler in self.previous.items():
             signal.signal(sig, handler or signal.SIG_DFL)
+
+
+class LauncherWatch:
+    """Calls ``on_gone(description)`` once if a ``deepspeed`` launcher process above this rank exits."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, on_gone: Callable[[str], None]):
+        self.on_gone = on_gone
+        self.done = threading.Event()
+        self.launchers = LAUNCHERS_AT_START
+        if self.launchers:
+            threading.Thread(target=self.run, name="dschat-launcher-watch", daemon=True).start()
+
+    def run(self) -> None:
+        while not self.done.wait(self.POLL_SECONDS):
+            for launcher in self.launchers:
+                if not alive(launcher):
+                    self.on_gone(f"pid {launcher.pid}")
+                    return
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+def alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (a dead launcher its own parent has not reaped yet is still dead)."""
+    try:  # is_running compares start times too: a reused pid is not the launcher
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def deepspeed_ancestors() -> list[psutil.Process]:
+    """The consecutive parents of this process that are DeepSpeed's launcher (``deepspeed``, ``launch.py``)."""
+    found = []
+    try:
+        for parent in psutil.Process().parents():
+            if not any("deepspeed" in part for part in parent.cmdline()[:4]):  # python [-u] [-m] <launcher>
+                break
+            found.append(parent)
+    except psutil.Error:
+        pass
+    return found
+
+
+# Taken at import, early in a rank's life: once a launcher has died this process is re-parented and the
+# launcher can no longer be found among its parents.
+LAUNCHERS_AT_START = deepspeed_ancestors()
 
 
 def agree(loss: torch.Tensor, stop_requested: bool) -> tuple[float, bool, bool]:
@@ -59,7 +130,7 @@ def nonfinite_loss(state, max_bad_steps: int, output_dir: str | None, where: str
             max_bad_steps,
         )
         return
-    kept = checkpoint.latest_checkpoint(checkpoint.checkpoints_root(output_dir)) if output_dir else None
+    kept = checkpoint.newest_checkpoint(checkpoint.checkpoints_root(output_dir)) if output_dir else None
     raise DschatError(
         f"the loss became NaN/inf at {where}; nothing new was saved"
         + (f", the last good checkpoint is {kept}" if kept else "")

@@ -9,10 +9,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from dschat.config import BatchConfig, LoraConfig, TrainConfig
+from dschat.errors import DschatError
 from dschat.utils import dist
 from dschat.utils.data.batching import LengthGroupedSampler, PackedCollator, PackedDataset
 from dschat.utils.data.collate import SFTCollator
-from dschat.utils.model.model_utils import TORCH_DTYPES
+from dschat.utils.model.model_utils import TORCH_DTYPES, position_limit
 from dschat.utils.model.patches import active_dropout
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,24 @@ def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
     return "longest"
 
 
+# Models whose learned positions follow the attention mask: padding never reaches past the real tokens'.
+MASK_POSITIONED = ("opt",)
+
+
+def check_padded_positions(model, max_seq_len: int, model_path: str) -> None:
+    """Rows padded or packed to --max_seq_len must fit a learned position table that counts padding too."""
+    limit = position_limit(model_path)
+    if limit is None or getattr(model.config, "model_type", None) in MASK_POSITIONED:
+        return
+    key, positions = limit
+    if max_seq_len > positions:
+        raise DschatError(
+            f"rows padded or packed to --max_seq_len {max_seq_len} do not fit the model's {positions} positions "
+            f"({key} in {model_path}/config.json): use --max_seq_len {positions} or less, or --padding longest "
+            "without --packing"
+        )
+
+
 def train_sampler(dataset, batch: BatchConfig, seed: int):
     """Upstream's DistributedSampler (shuffle, seed 0), or length-grouped batches with ``--group_by_length``."""
     if not batch.group_by_length:
@@ -57,10 +76,17 @@ def train_sampler(dataset, batch: BatchConfig, seed: int):
     )
 
 
-def create_dataloaders(train_dataset, eval_dataset, tokenizer, model, cfg: TrainConfig):
+def batch_shape(model, cfg: TrainConfig) -> str:
+    """This run's padding (see ``resolve_padding``), checked against the model's positions before data is built."""
+    padding = resolve_padding(cfg.batch, cfg.lora, model)
+    if padding == "max_length" or cfg.batch.packing:
+        check_padded_positions(model, cfg.data.max_seq_len, cfg.model.model_name_or_path)
+    return padding
+
+
+def create_dataloaders(train_dataset, eval_dataset, tokenizer, model, cfg: TrainConfig, padding: str):
     """Train and eval loaders for this run (eval is never packed, so its perplexity stays comparable)."""
     batch, data = cfg.batch, cfg.data
-    padding = resolve_padding(batch, cfg.lora, model)
     collator = SFTCollator(
         tokenizer.pad_token_id,
         data.max_seq_len,

@@ -20,7 +20,7 @@ from dschat.flags import parse_train_args
 from dschat.utils import checkpoint, dist, optim, ownership, save, train
 from dschat.utils.data.data_utils import prepare_datasets
 from dschat.utils.ds_utils import train_ds_config
-from dschat.utils.loaders import create_dataloaders
+from dschat.utils.loaders import batch_shape, create_dataloaders
 from dschat.utils.log import setup_logging
 from dschat.utils.model.model_utils import build_model, load_hf_tokenizer
 from dschat.utils.module.lora import apply_lora
@@ -36,9 +36,15 @@ def main(argv: list[str] | None = None) -> None:
     accel = dist.accelerator()
     validate_train_args(args, accel.device_name(), accel.is_fp16_supported(), accel.is_bf16_supported())
     cfg = config.from_args(args)
-    resume_dir = checkpoint.resolve_resume_path(cfg.output)
-    device = dist.init_distributed()
+    device = dist.init_distributed(cfg.engine.dist_timeout)
     setup_logging()
+    with dist.collective_faults(cfg.engine.dist_timeout):
+        train_and_save(cfg, device)
+
+
+def train_and_save(cfg: config.TrainConfig, device) -> None:
+    """Every rank: resume point, data, engine, the loop, the final save."""
+    resume_dir = checkpoint.resolve_resume_path(cfg.output)
     ds_config = train_ds_config(cfg.engine, cfg.batch, dist.get_world_size())
     set_random_seed(cfg.data.seed)
     dist.barrier()
@@ -54,9 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     model = build_model(AutoModelForCausalLM, cfg.model, tokenizer, ds_config)
     apply_lora(model, cfg.lora)
+    padding = batch_shape(model, cfg)
 
     train_dataset, eval_dataset = prepare_datasets(cfg.data, tokenizer)
-    train_loader, eval_loader = create_dataloaders(train_dataset, eval_dataset, tokenizer, model, cfg)
+    train_loader, eval_loader = create_dataloaders(
+        train_dataset, eval_dataset, tokenizer, model, cfg, padding
+    )
 
     groups = optim.get_optimizer_grouped_parameters(
         model, cfg.optim.weight_decay, cfg.lora.lora_learning_rate
@@ -66,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         optimizer, cfg.optim, len(train_loader), cfg.batch.gradient_accumulation_steps
     )
     engine = train.create_engine(model, optimizer, scheduler, ds_config, cfg.model.gradient_checkpointing)
-    state = checkpoint.start_state(engine, resume_dir, cfg.fingerprint(dist.get_world_size()))
+    data_digest = f"{train_dataset.samples.digest()[:16]}-{eval_dataset.samples.digest()[:16]}"
+    state = checkpoint.start_state(engine, resume_dir, cfg.fingerprint(dist.get_world_size(), data_digest))
 
     outcome = train.train(engine, train_loader, eval_loader, cfg, model.config, device, state, resume_dir)
     if outcome is train.Outcome.INTERRUPTED:

@@ -23,6 +23,7 @@ from dschat import run_dir
 from dschat.errors import DschatError, run_cli
 from dschat.inference.loading import DTYPES, resolve_device
 from dschat.utils.data import prompts
+from dschat.utils.data.local_records import deepest_line, too_deep_error
 from dschat.utils.log import setup_logging
 from dschat.utils.model.model_utils import create_hf_model, load_hf_tokenizer
 
@@ -177,15 +178,34 @@ def render_prompt(text: str, template: str, tokenizer) -> str:
     return prompts.upstream_eval_prompt(text)
 
 
+def _parse_json(path: str, text: str, lineno: int | None = None):
+    """``json.loads`` of a whole file (``lineno`` None) or of one line, errors as one DschatError with the line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DschatError(
+            f"--prompts_file {path} line {lineno or err.lineno}: malformed JSON: {err.msg} (column {err.colno}). "
+            "Fix the JSON there, or give a text file with one prompt per line."
+        ) from None
+    except RecursionError:
+        raise too_deep_error(path, lineno or deepest_line(text)) from None
+
+
 def read_prompts_file(path: str) -> list[str]:
     """Prompts from a text file (one per line) or .json (a list) / .jsonl records with a 'prompt' field."""
     file = Path(path)
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DschatError(
+            f"--prompts_file {path} is not UTF-8 text ({err}). Fix: re-save it as UTF-8."
+        ) from None
     if file.suffix == ".json":
-        records = json.loads(text)
+        records = _parse_json(path, text)
         records = records if isinstance(records, list) else [records]
     elif file.suffix == ".jsonl":
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = text.split("\n")
+        records = [_parse_json(path, line, n) for n, line in enumerate(lines, 1) if line.strip()]
     else:
         return [as_eval_prompt(line) for line in text.splitlines() if line.strip()]
     found = []
@@ -275,11 +295,11 @@ def main(argv: list[str] | None = None) -> None:
         add_special_tokens=EOT_TOKEN if args.add_eot_token else None,
         trust_remote_code=args.trust_remote_code,
     )
-    baseline = build_model(args.model_name_or_path_baseline, tokenizer, args, device)
-    finetuned = build_model(args.model_name_or_path_finetune, tokenizer, args, device)
-    prompt_list = (
+    prompt_list = (  # before the models load: a bad prompts file fails in a second
         read_prompts_file(args.prompts_file) if args.prompts_file else default_prompts(args.language)
     )
+    baseline = build_model(args.model_name_or_path_baseline, tokenizer, args, device)
+    finetuned = build_model(args.model_name_or_path_finetune, tokenizer, args, device)
     template, why = run_dir.comparison_template([args.model_name_or_path_finetune], args.prompt_template)
     logger.info("prompt format for both models: %s (%s)", template, why)
     torch.manual_seed(args.seed)

@@ -24,6 +24,7 @@ from dschat.utils.data.cache import cache_key, file_lock, load_cached
 from dschat.utils.data.cleaning import CleanedSample, clean_source
 from dschat.utils.data.raw_datasets import get_raw_dataset
 from dschat.utils.data.tokenized import PromptDataset, TokenizedSamples
+from dschat.utils.model.model_utils import position_limit
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +83,26 @@ def tokenize_texts(tokenizer, texts, spans, max_seq_len: int, add_special_tokens
     return ids, masks, lengths
 
 
+def sample_location(raw, sample, split_name: str, position: int) -> str:
+    """Where a sample came from: its file and line for local data, else the dataset, split and position."""
+    source = sample.get("source") if isinstance(sample, dict) else None
+    return source or f"{raw.dataset_name} {split_name} split, sample {position + 1} of phase 1"
+
+
 def tokenize_split(raw, rows, split_name: str, tokenizer, data: DataConfig, eot: str):
     """Tokenise one split of one dataset, counting what was dropped and truncated."""
     stats = report.SplitStats(dataset=raw.dataset_name, split=split_name)
     drop_reason = getattr(raw, "drop_reason", None)
     reasons: Counter = Counter()
     texts, spans = [], []
-    for sample in rows:
+    if data.prompt_template == prompts.CHAT_TEMPLATE:
+        prompts.require_chat_template(tokenizer)  # once, before any record is blamed for it
+    for position, sample in enumerate(rows):
         stats.records += 1
-        rendered = render_sample(raw, sample, data.prompt_template, tokenizer, eot)
+        try:
+            rendered = render_sample(raw, sample, data.prompt_template, tokenizer, eot)
+        except DschatError as err:  # a record the chat template refuses: say which one
+            raise DschatError(f"{sample_location(raw, sample, split_name, position)}: {err}") from None
         if rendered is None:
             reasons[(drop_reason(sample) if drop_reason else None) or "no prompt/answer"] += 1
             continue
@@ -187,10 +199,8 @@ def check_data_config(data: DataConfig) -> None:
     if not data.data_path:
         raise DschatError("--data_path is empty: name at least one dataset (upstream requires it too)")
     splits.parse_data_split(data.data_split)
-    if data.data_weights is not None and len(data.data_weights) != len(data.data_path):
-        raise DschatError(
-            f"--data_weights has {len(data.data_weights)} values for {len(data.data_path)} --data_path entries"
-        )
+    if (problem := splits.data_weights_problem(data.data_weights, len(data.data_path))) is not None:
+        raise DschatError(problem)
 
 
 def load_or_build(data: DataConfig, tokenizer, eot: str):
@@ -210,6 +220,9 @@ def load_or_build(data: DataConfig, tokenizer, eot: str):
             )  # another node may have built it meanwhile
             if cached is None:
                 train, evaluation, stats = build_phase1(data, tokenizer, eot)
+                check_fits_positions(
+                    [train, evaluation], data.max_seq_len, tokenizer.name_or_path
+                )  # not cached
                 meta = {"stats": report.stats_to_dicts(stats), "max_seq_len": data.max_seq_len, "key": key}
                 evaluation.save(paths[1], meta)
                 train.save(paths[0], meta)  # written last: its presence marks a complete cache
@@ -236,6 +249,9 @@ def prepare_datasets(data: DataConfig, tokenizer) -> tuple[PromptDataset, Prompt
             "are not all dropped"
         )
     check_trainable(train, data.train_on_prompt)
+    check_fits_positions(
+        [train, evaluation], data.max_seq_len, tokenizer.name_or_path
+    )  # a cache built before
     if dist.get_rank() == 0:
         log_data_report(train, meta, tokenizer, data, built)
     return PromptDataset(train), PromptDataset(evaluation)
@@ -248,6 +264,21 @@ def log_data_report(train: TokenizedSamples, meta: dict, tokenizer, data: DataCo
     trained[0] = 0  # the first token is only ever an input, never a target
     sample_text = report.mark_loss_tokens(tokenizer, ids, trained)
     report.log_report(report.stats_from_dicts(meta["stats"]), data.max_seq_len, sample_text, not built)
+
+
+def check_fits_positions(parts: list[TokenizedSamples], max_seq_len: int, model_dir: str) -> None:
+    """Fail when a sample is longer than the model's learned position table (its forward pass would raise an
+    IndexError, possibly hours into training, when the first such sample comes)."""
+    if (limit := position_limit(model_dir)) is None:
+        return
+    key, positions = limit
+    longest = max((int(part.lengths().max()) for part in parts if len(part)), default=0)
+    if longest > positions:
+        raise DschatError(
+            f"--max_seq_len {max_seq_len} keeps samples of up to {longest} tokens, but the model has {positions} "
+            f"positions ({key} in {os.path.join(model_dir, 'config.json')}). Fix: use --max_seq_len {positions} "
+            "or less"
+        )
 
 
 def check_trainable(train: TokenizedSamples, train_on_prompt: bool) -> None:

@@ -52,6 +52,34 @@ def _json_type(value) -> str:
     return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
+def deepest_line(text: str) -> int:
+    """The 1-based line where ``text``'s JSON nesting first reaches its deepest level (strings skipped)."""
+    depth = deepest = line = found = 1
+    in_string = escaped = False
+    for char in text:
+        if char == "\n":
+            line += 1
+        elif in_string:
+            escaped, in_string = (False, in_string) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, found = depth, line
+        elif char in "]}":
+            depth -= 1
+    return found
+
+
+def too_deep_error(path: Path | str, lineno: int) -> DschatError:
+    """The error for JSON nested deeper than Python's parser recurses (``[[[[...``)."""
+    return DschatError(
+        f"{path} line {lineno}: the JSON nests too deeply to parse (thousands of [ or {{). Fix the record "
+        "there: data records are objects nested a few levels deep."
+    )
+
+
 def _parse_line(path: Path, lineno: int, line: str) -> dict:
     try:
         record = json.loads(line)
@@ -60,6 +88,8 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict:
             f"{path} line {lineno}: malformed JSON: {err.msg} (column {err.colno}). Fix the JSON on that line "
             "(.jsonl: one object per line; .json: a list of objects or one object per line)."
         ) from None
+    except RecursionError:
+        raise too_deep_error(path, lineno) from None
     if not isinstance(record, dict):
         raise DschatError(
             f"{path} line {lineno}: expected a JSON object, found a {_json_type(record)}. "
@@ -85,6 +115,8 @@ def _read_json(path: Path, text: str) -> list[tuple[str, dict]]:
             f"{path} line {err.lineno}: malformed JSON: {err.msg} (column {err.colno}). Fix the JSON there "
             "(.json: a list of objects or one object per line)."
         ) from None
+    except RecursionError:
+        raise too_deep_error(path, deepest_line(text)) from None
     records = data if isinstance(data, list) else [data]
     for n, record in enumerate(records, 1):
         if not isinstance(record, dict):

@@ -68,6 +68,24 @@ def require_chat_template(tokenizer) -> None:
         )
 
 
+def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The tokenizer's chat template rendered as text; a conversation the template refuses (its
+    ``raise_exception``: roles out of order, an unsupported system turn) is a DschatError with its message."""
+    from jinja2.exceptions import TemplateError  # transformers' template engine
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError as err:
+        roles = ", ".join(str(m.get("role")) for m in messages)
+        raise DschatError(
+            f"the tokenizer's chat template rejects a conversation with roles [{roles}]: {err}. Fix: give it the "
+            "roles the template accepts (often user and assistant alternating, a system turn only first or not "
+            "at all), or use --prompt_template upstream"
+        ) from None
+
+
 def render_chat_template(tokenizer, messages: list[dict]) -> list[Segment]:
     """Render with the tokenizer's chat template, split at message boundaries.
 
@@ -76,15 +94,15 @@ def render_chat_template(tokenizer, messages: list[dict]) -> list[Segment]:
     prefix-stable (earlier text changes when a message is added) come back as one answer segment.
     """
     require_chat_template(tokenizer)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    full = apply_template(tokenizer, messages)
     segments, done = [], ""
     for i, message in enumerate(messages):
         if message["role"] == "assistant":
-            header = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            header = apply_template(tokenizer, messages[:i], add_generation_prompt=True)
             if header.startswith(done) and header != done:
                 segments.append(Segment(header[len(done) :], False))
                 done = header
-        text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        text = apply_template(tokenizer, messages[: i + 1])
         if not text.startswith(done):
             return [Segment(full, True)]
         segments.append(Segment(text[len(done) :], message["role"] == "assistant"))
@@ -205,7 +223,7 @@ def chat_prompt_upstream_chatbot(history: list[dict]) -> str:
 def chat_prompt_chat_template(tokenizer, history: list[dict]) -> str:
     """The tokenizer's chat template with the generation prompt (the assistant header) appended."""
     require_chat_template(tokenizer)
-    return tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+    return apply_template(tokenizer, history, add_generation_prompt=True)
 
 
 def generation_prompt(history: list[dict], prompt_template: str, tokenizer=None) -> str:
@@ -233,9 +251,7 @@ def prompt_and_response(
     if prompt_template != CHAT_TEMPLATE:
         answer = reference if prompt_template == UPSTREAM_CHATBOT else upstream_answer(reference)
         return prompt, answer + eos_token
-    full = tokenizer.apply_chat_template(
-        [*history, {"role": "assistant", "content": reference}], tokenize=False
-    )
+    full = apply_template(tokenizer, [*history, {"role": "assistant", "content": reference}])
     if not full.startswith(prompt):
         raise DschatError(
             "the tokenizer's chat template renders the conversation differently with and without the answer "
@@ -250,7 +266,7 @@ def chat_template_end_of_turn(tokenizer) -> str | None:
         return None
     marker = "\x00answer\x00"
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = apply_template(tokenizer, messages)
     after = text[text.find(marker) + len(marker) :].lstrip() if marker in text else ""
     specials = sorted(
         set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from pathlib import Path
 
 from dschat.errors import DschatError
 from dschat.utils.data import local_files, prompts
@@ -341,7 +342,10 @@ class LocalJsonFileDataset(_Adapter):
             )
         import datasets
 
-        self.raw_datasets = datasets.load_dataset("json", data_files=files)
+        try:
+            self.raw_datasets = datasets.load_dataset("json", data_files=files)
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise _jsonfile_error(files, err) from err
 
     def get_prompt(self, sample) -> str | None:
         return _spaced(sample["prompt"])
@@ -351,6 +355,19 @@ class LocalJsonFileDataset(_Adapter):
 
     def get_rejected(self, sample) -> str | None:
         return _spaced(sample.get("rejected"))
+
+
+def _jsonfile_error(files: dict[str, str], err: Exception) -> DschatError:
+    """Why datasets could not read local/jsonfile's files, located by dschat's JSON reader (file and line)."""
+    for path in files.values():
+        local_files.read_records(
+            Path(path)
+        )  # raises the DschatError naming the file and line, if it is the JSON
+    cause = err.__cause__ or err.__context__ or err
+    return DschatError(
+        f"--data_path {JSONFILE}: datasets cannot read {files['train']} and {files['eval']} ({cause}). Fix: make "
+        'each a JSON list of {"prompt", "chosen", "rejected"} objects, or JSON lines of them.'
+    )
 
 
 # Upstream's dispatch: the first registry name CONTAINED in --data_path wins (so local copies such as

@@ -34,6 +34,18 @@ def parse_data_split(data_split: str) -> list[float]:
     return weights
 
 
+def data_weights_problem(weights: list[float] | tuple[float, ...] | None, num_paths: int) -> str | None:
+    """Why ``--data_weights`` cannot weight the blend of ``num_paths`` datasets, or None (also when unset)."""
+    if weights is None:
+        return None
+    hint = "Fix: give one finite weight >= 0 per --data_path entry, not all zero (e.g. 3 1), or leave the flag out."
+    if len(weights) != num_paths:
+        return f"--data_weights has {len(weights)} values for {num_paths} --data_path entries. {hint}"
+    if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) == 0:
+        return f"--data_weights {' '.join(str(w) for w in weights)} has a negative, non-finite or all-zero weight. {hint}"
+    return None
+
+
 def split_boundaries(data_split: str, num_samples: int) -> list[int]:
     """Partition boundaries exactly as upstream: per-part rounding, the error absorbed by part 1."""
     weights = [float(field) for field in data_split.split(",")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -57,6 +58,15 @@ class TokenizedSamples:
             offsets.append(part.offsets[1:] + base)
             base += int(part.offsets[-1])
         return TokenizedSamples(ids, mask, np.concatenate(offsets))
+
+    def digest(self) -> str:
+        """The samples' identity (tokens, answer masks, boundaries): equal digests, equal training data."""
+        digest = hashlib.sha256()
+        for array in (self.offsets, self.input_ids, self.answer_mask):
+            array = np.ascontiguousarray(array)  # no copy for arrays as built or loaded
+            digest.update(array.dtype.str.encode())
+            digest.update(array.data)
+        return digest.hexdigest()
 
     def save(self, path: str, meta: dict) -> None:
         """Write to ``path`` atomically (temp name, then rename), with ``meta`` as JSON inside."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import pickle
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,13 @@ from typing import Any
 import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
-from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations import HfDeepSpeedConfig
 
 from dschat.config import ModelConfig
 from dschat.errors import DschatError
 from dschat.utils.model.patches import DROPOUT_KEYS, apply_liger_kernel, causal_lm_model_to_fp32_loss
+from dschat.utils.model.weights import load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,12 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # names: config.DTYPES
+# config.json keys that size a learned position table, by family (OPT: max_position_embeddings, GPT-2:
+# n_positions). OPT's table has 2 extra rows for its offset; only max_position_embeddings of them are positions.
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+# Keys of rotary position configs: positions are computed, so a longer sequence runs (beyond the trained length).
+ROTARY_KEYS = ("rope_theta", "rope_parameters", "rope_scaling", "rotary_dim", "rotary_pct", "rotary_emb_base")
 
 
 def model_source_problem(name_or_path: str, what: str = "model", need_config: bool = False) -> str | None:
@@ -65,6 +68,23 @@ def model_source_problem(name_or_path: str, what: str = "model", need_config: bo
             f"{what} directory {name_or_path!r} does not exist (and is not a Hugging Face hub id); "
             "check --model_name_or_path"
         )
+    return None
+
+
+def position_limit(name_or_path: str) -> tuple[str, int] | None:
+    """(config key, size) of a local model dir's learned position table: no sequence may be longer (an
+    IndexError inside the forward pass). None without one: no such key, rotary positions, or no local config."""
+    path = Path(name_or_path) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None  # no local config (a hub id) or an unreadable one, which loading reports
+    if not isinstance(config, dict) or any(key in config for key in ROTARY_KEYS):
+        return None
+    for key in POSITION_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return key, value
     return None
 
 
@@ -165,48 +185,6 @@ def model_config_only(
     return config
 
 
-def _unreadable_weight_files(directory: Path) -> list[str]:
-    """Weight files whose header/container cannot even be opened (cheap checks, no tensor reads)."""
-    bad = []
-    for path in sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES):
-        if path.suffix == ".bin":
-            if not zipfile.is_zipfile(path):
-                bad.append(str(path))
-            continue
-        try:
-            with safe_open(path, framework="pt"):
-                pass
-        except SafetensorError:
-            bad.append(str(path))
-    return bad
-
-
-def _load_pretrained(
-    model_class: Any,
-    source: str,
-    config: PretrainedConfig,
-    dtype: torch.dtype,
-    trust_remote_code: bool,
-    attn_implementation: str | None = None,
-) -> PreTrainedModel:
-    """model_class.from_pretrained, with unreadable or missing weights reported as a DschatError."""
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    try:
-        return model_class.from_pretrained(
-            source, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **extra
-        )
-    except (OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
-        corrupt = _unreadable_weight_files(Path(source)) if Path(source).is_dir() else []
-        if corrupt:
-            raise DschatError(
-                f"corrupt or truncated weight file(s) {', '.join(corrupt)}: {_one_line(err)}. "
-                "Re-save or re-download the checkpoint"
-            ) from err
-        if isinstance(err, OSError):
-            raise DschatError(f"cannot load the model weights from {source!r}: {_one_line(err)}") from err
-        raise
-
-
 def _partition_new_parameters(model: torch.nn.Module) -> None:
     """Partition parameters HF created outside zero.Init (the resized embeddings) as the engine would."""
     zero_params = [p for p in model.parameters() if hasattr(p, "ds_id")]
@@ -238,7 +216,7 @@ def create_hf_model(
         model = model_class.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     else:
         # Upstream passed no dtype (fp32 in its transformers); transformers 5 would default to the checkpoint's.
-        model = _load_pretrained(model_class, source, config, dtype, trust_remote_code, attn_implementation)
+        model = load_pretrained(model_class, source, dtype, trust_remote_code, config, attn_implementation)
 
     model.config.end_token_id = tokenizer.eos_token_id
     # The MODEL's eos id (upstream): for Llama this differs from the tokenizer's [PAD] id; labels are mask-based.
