@@ -47,12 +47,17 @@ def read_run_info(model_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DschatError(
-            f"{path} is not valid JSON ({err}); restore it from the training run or delete it to load the model "
-            "without dschat run info"
-        ) from err
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        problem = f"is not valid JSON ({type(err).__name__}: {str(err)[:120]})"
+    else:
+        if isinstance(info, dict):
+            return info
+        problem = "is not a JSON object"
+    raise DschatError(
+        f"{path} {problem}; restore it from the training run or delete it to load the model without dschat "
+        "run info"
+    )
 
 
 def trained_prompt_template(model_dir: str | os.PathLike, requested: str | None = None) -> str:

@@ -62,6 +62,12 @@ class Bounds:
 # Validation table: float (and bounded integer) flags; NaN and infinity are never allowed.
 IN_BOUNDS = (
     Bounds(
+        "dist_timeout",
+        0,
+        low_allowed=False,
+        fix="minutes a rank waits for the others, such as the default 10 (more for very long data builds)",
+    ),
+    Bounds(
         "learning_rate",
         0,
         low_allowed=False,

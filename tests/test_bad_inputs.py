@@ -172,6 +172,7 @@ CASES = [
     ("lora-dropout-1", lambda t, m: ["--lora_dropout", "1"], "--lora_dropout 1.0: must be in [0, 1)"),
     ("weight-decay-negative", lambda t, m: ["--weight_decay", "-0.1"], "--weight_decay -0.1"),
     ("data-weights-negative", lambda t, m: ["--data_weights", "-1"], "--data_weights -1.0 has a negative"),
+    ("dist-timeout-zero", lambda t, m: ["--dist_timeout", "0"], "--dist_timeout"),
     ("data-weights-nan", lambda t, m: ["--data_weights", "nan"], "--data_weights nan"),
     ("data-weights-all-zero", lambda t, m: ["--data_weights", "0"], "all-zero"),
     ("data-weights-count", lambda t, m: ["--data_weights", "1", "2"], "--data_weights has 2 values for 1"),

@@ -153,3 +153,16 @@ def test_sigterm_however_delivered_ends_in_one_consistent_checkpoint(
     steps = len((out / "metrics.jsonl").read_text().splitlines())
     assert state["update_step"] == steps  # the checkpoint is the step the metrics stop at
     assert sorted(os.listdir(out / "checkpoints")) == sorted(["latest", Path(saved).name])
+
+
+def test_a_failed_data_build_stops_every_rank_at_once(tmp_path, tiny_models, long_data):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(long_data.read_text() + "{not json\n")
+    proc, out, log = launch(tmp_path, tiny_models["opt8"], broken, "--dist_timeout", "10")
+    try:
+        proc.wait(timeout=120)  # not --dist_timeout's 10 minutes: the waiting rank learns of the failure
+    finally:
+        kill_all(proc, [])
+    errors = [line for line in log.read_text().splitlines() if "error:" in line]
+    assert proc.returncode != 0 and any("broken.jsonl" in e and "line 401" in e for e in errors), errors
+    assert any("building the tokenised data failed" in e for e in errors), errors

@@ -170,6 +170,7 @@ BAD_REQUESTS = [
     ),
     ("/v1/models", {}, None, 401, None),
     ("/v1/chat/completions", "{not json", KEY, 400, None),
+    ("/v1/chat/completions", "[" * 100_000, KEY, 400, None),
     ("/v1/chat/completions", [1, 2], KEY, 400, None),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, KEY, 400, "model"),
     (

@@ -9,6 +9,7 @@ directory entry is synced too. Temporary names start with ``TEMP_PREFIX`` and ca
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -55,20 +56,22 @@ class PendingFile:
         _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
-        self.handle.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            self.handle.close()
         self.temp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def open_atomic(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """A handle to a temporary file that replaces ``path`` when the block ends without an exception."""
-    pending = PendingFile(path, mode, **kwargs)
-    try:
-        yield pending.handle
-    except BaseException:
-        pending.abort()
-        raise
-    pending.commit()
+    with disk_space_guard(path, "file"):
+        pending = PendingFile(path, mode, **kwargs)
+        try:
+            yield pending.handle
+            pending.commit()
+        except BaseException:
+            pending.abort()
+            raise
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -93,10 +96,11 @@ def write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
     target = Path(path)
     temp = temp_sibling(target).with_suffix(target.suffix + ".part" + target.suffix)
     try:
-        writer(str(temp))
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
+        with disk_space_guard(path, "file"):
+            writer(str(temp))
+            with open(temp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
     _fsync_dir(target.parent)
@@ -133,6 +137,59 @@ def staging_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     finally:
         if temp_dir.exists():
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL = 16 << 20  # bytes: less than this left after a failed write means the write filled the disk
+DISK_FULL_TEXT = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "file write failed",
+)  # the last: torch.save
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it: libraries wrap OSError) is a full disk or an exhausted quota."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(err) for text in DISK_FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _megabytes(size: float) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@contextlib.contextmanager
+def disk_space_guard(path: str | os.PathLike, what: str, needed: int | None = None) -> Iterator[None]:
+    """A full disk while writing ``what`` at ``path`` becomes one DschatError naming the path and the space.
+
+    Whatever the block wrote under a temporary name is already gone (the writers here clean up after
+    themselves); the message says so, and what still stands.
+    """
+    try:
+        yield
+    except Exception as err:
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        # torch.save reports a full disk as a bare stream error: then the free space itself tells
+        if not (is_disk_full(err) or (isinstance(err, (OSError, RuntimeError)) and free < NEARLY_FULL)):
+            raise
+        from dschat.errors import DschatError  # atomic stays importable on its own
+
+        need = f", about {_megabytes(needed)} needed" if needed else ""
+        raise DschatError(
+            f"the disk is full writing {what} {str(path)!r}: {_megabytes(free)} free there{need}. Nothing "
+            "half-written was kept; free space (or write elsewhere) and run again (with --resume where the "
+            "run has checkpoints)"
+        ) from None
 
 
 def default_permissions(directory: str | os.PathLike) -> None:

@@ -98,13 +98,17 @@ def restore_rng(checkpoint_dir: str) -> None:
     _set_rng_state(plain, load_file(os.path.join(checkpoint_dir, f"rng_rank{rank}.safetensors")))
 
 
+def newest_size(root: str) -> int | None:
+    """Bytes of the newest checkpoint (what the next one will need), None before the first."""
+    previous = newest_checkpoint(root)
+    if previous is None:
+        return None
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(previous) for f in files)
+
+
 def check_disk_space(root: str, num_params: int) -> None:
     """Refuse to start a checkpoint that cannot fit (the previous one's size, or an estimate)."""
-    previous = newest_checkpoint(root)
-    if previous:
-        needed = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(previous) for f in files)
-    else:
-        needed = num_params * BYTES_PER_PARAM_ESTIMATE
+    needed = newest_size(root) or num_params * BYTES_PER_PARAM_ESTIMATE
     free = shutil.disk_usage(root).free
     if free < needed * DISK_MARGIN:
         raise DschatError(
@@ -123,20 +127,26 @@ def save_checkpoint(engine, output_dir: str, state: TrainState, save_total_limit
         check_disk_space(root, sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters()))
     dist.barrier()
     tmp_tag = atomic.TEMP_PREFIX + tag  # every rank writes its shards under this shared name
-    engine.save_checkpoint(root, tag=tmp_tag, save_latest=False)
     tmp_dir = os.path.join(root, tmp_tag)
-    plain, tensors = _rng_state()
     rank = dist.get_rank()
-    atomic.write_json(os.path.join(tmp_dir, f"rng_rank{rank}.json"), plain)
-    atomic.write_with(
-        os.path.join(tmp_dir, f"rng_rank{rank}.safetensors"), lambda path: save_file(tensors, path)
-    )
-    if rank == 0:
-        atomic.write_json(os.path.join(tmp_dir, STATE_FILE), asdict(state), indent=1)
-    dist.barrier()
+    try:
+        with atomic.disk_space_guard(tmp_dir, "a checkpoint", newest_size(root)):
+            engine.save_checkpoint(root, tag=tmp_tag, save_latest=False)
+            plain, tensors = _rng_state()
+            atomic.write_json(os.path.join(tmp_dir, f"rng_rank{rank}.json"), plain)
+            atomic.write_with(
+                os.path.join(tmp_dir, f"rng_rank{rank}.safetensors"), lambda path: save_file(tensors, path)
+            )
+            if rank == 0:
+                atomic.write_json(os.path.join(tmp_dir, STATE_FILE), asdict(state), indent=1)
+            dist.barrier()
+            if rank == 0:
+                manifest.write_manifest(tmp_dir)  # last: it covers every rank's files, now all written
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # the space goes back; "latest" still names the last one
+        raise
     final = os.path.join(root, tag)
     if rank == 0:
-        manifest.write_manifest(tmp_dir)  # last: it covers every rank's files, now all written
         atomic.publish_dir(tmp_dir, final)  # the same step saved before (a resumed run) is replaced
         point_latest(root, tag)  # last: until now "latest" names the previous, complete checkpoint
         prune_checkpoints(root, save_total_limit)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import IO
 
 from dschat.run_dir import EVAL_METRICS_NAME, METRICS_NAME
-from dschat.utils import dist, perf
+from dschat.utils import atomic, dist, perf
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,9 @@ class MetricsWriter:
 
     def _write(self, name: str, row: dict) -> None:
         if name in self.handles:
-            self.handles[name].write(json.dumps(row) + "\n")
-            self.handles[name].flush()
+            with atomic.disk_space_guard(self.handles[name].name, "the metrics file"):
+                self.handles[name].write(json.dumps(row) + "\n")
+                self.handles[name].flush()
 
     def write(self, **row) -> None:
         self._write(METRICS_NAME, row)
@@ -49,11 +50,19 @@ def _continue(path: str, keep_steps: int | None) -> IO:
     """Open a metrics file for writing, keeping its rows up to ``keep_steps`` (a resumed run) or none."""
     kept = []
     if keep_steps is not None and os.path.isfile(path):
-        with open(path) as old:
-            kept = [line for line in old if json.loads(line)["step"] <= keep_steps]
-    handle = open(path, "w")
-    handle.writelines(kept)
-    return handle
+        with open(path, encoding="utf-8", errors="replace") as old:
+            kept = [line for line in old if _step(line) is not None and _step(line) <= keep_steps]
+    atomic.write_text(path, "".join(kept))  # a kill here keeps the old rows, not an empty file
+    return open(path, "a", encoding="utf-8")
+
+
+def _step(line: str) -> int | None:
+    """A row's step, None for a torn or foreign line (a kill or a full disk mid-write leaves one at the end)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 @dataclass

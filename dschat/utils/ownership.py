@@ -55,7 +55,7 @@ def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())
         return f"pid {info['pid']} on {info['host']} ({info['command']})"
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "another process"
 
 

@@ -174,6 +174,11 @@ def save_final_model(
     run_info: dict,
 ) -> None:
     """The end of a run: the PEFT adapter if asked (before fusing), LoRA fused, then the HF model."""
+    with atomic.disk_space_guard(output.output_dir, "the final model"):
+        _save_final_model(engine, tokenizer, output, lora, zero_stage, base_model, run_info)
+
+
+def _save_final_model(engine, tokenizer, output, lora, zero_stage, base_model, run_info) -> None:
     gather = zero3_gather if zero_stage == 3 else None
     if output.save_lora_adapter:
         save_peft_adapter(

@@ -203,6 +203,19 @@ def check_data_config(data: DataConfig) -> None:
         raise DschatError(problem)
 
 
+BUILD_FAILED = 2
+
+
+def build_and_cache(data: DataConfig, tokenizer, eot: str, key: str, paths: list[str]):
+    """Tokenise and split, check, then write the cache (train last: its presence marks a complete cache)."""
+    train, evaluation, stats = build_phase1(data, tokenizer, eot)
+    check_fits_positions([train, evaluation], data.max_seq_len, tokenizer.name_or_path)  # before caching
+    meta = {"stats": report.stats_to_dicts(stats), "max_seq_len": data.max_seq_len, "key": key}
+    evaluation.save(paths[1], meta)
+    train.save(paths[0], meta)
+    return [(train, meta), (evaluation, meta)]
+
+
 def load_or_build(data: DataConfig, tokenizer, eot: str):
     """The cached phase-1 splits, built by local rank 0 of each node under a lock while the others wait.
 
@@ -212,22 +225,27 @@ def load_or_build(data: DataConfig, tokenizer, eot: str):
     key = cache_key(data, tokenizer, eot)
     paths = [os.path.join(data.data_output_path, f"{kind}data_{key}.npz") for kind in ("train", "eval")]
     cached = None if data.reload_data else load_cached(paths)
-    built = False
+    built, failure = False, None
     if cached is None and dist.get_local_rank() == 0:
-        with file_lock(os.path.join(data.data_output_path, f".lock_{key}")):
-            cached = (
-                None if data.reload_data else load_cached(paths)
-            )  # another node may have built it meanwhile
-            if cached is None:
-                train, evaluation, stats = build_phase1(data, tokenizer, eot)
-                check_fits_positions(
-                    [train, evaluation], data.max_seq_len, tokenizer.name_or_path
-                )  # not cached
-                meta = {"stats": report.stats_to_dicts(stats), "max_seq_len": data.max_seq_len, "key": key}
-                evaluation.save(paths[1], meta)
-                train.save(paths[0], meta)  # written last: its presence marks a complete cache
-                cached, built = [(train, meta), (evaluation, meta)], True
-    if dist.all_reduce_max(int(cached is None)):  # every rank waits here until each node's builder is done
+        try:
+            with file_lock(os.path.join(data.data_output_path, f".lock_{key}")):
+                cached = (
+                    None if data.reload_data else load_cached(paths)
+                )  # another node may have built it meanwhile
+                if cached is None:
+                    cached, built = build_and_cache(data, tokenizer, eot, key, paths), True
+        except Exception as err:  # still join the collective below, so the waiting ranks learn of it
+            failure = err
+    # Every rank waits here until each node's builder is done: 0 ready, 1 read the cache, 2 a build failed.
+    worst = dist.all_reduce_max(BUILD_FAILED if failure else int(cached is None))
+    if failure is not None:
+        raise failure
+    if worst == BUILD_FAILED:
+        raise DschatError(
+            "building the tokenised data failed on a node's local rank 0 (its error is in the log above): fix "
+            "that and run again"
+        )
+    if worst:
         cached = load_cached(paths) if cached is None else cached
     if cached is None:
         raise DschatError(
