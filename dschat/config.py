@@ -20,14 +20,23 @@ from dschat.utils.data.prompts import UPSTREAM
 DTYPES = ("fp16", "bf16", "fp32")
 ZERO_STAGES = (0, 1, 2, 3)
 PADDING_CHOICES = ("auto", "longest", "max_length")
+# micro_batch: upstream (each micro-batch its own token mean, micro-batches and ranks averaged); token: every
+# loss-bearing token of an optimizer step weighs the same, however the step is cut (dschat.utils.loss_normalization).
+LOSS_NORMALIZATIONS = ("micro_batch", "token")
 SAVE_FORMATS = ("safetensors", "pytorch_bin")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-FINGERPRINT_VERSION = 3  # 3: the training data's digest; bump when a field's meaning changes, so old checkpoints are not trusted silently
+FINGERPRINT_VERSION = 4  # 3: the training data's digest; 4: the cluster shape apart; bump when a field's meaning changes, so old checkpoints are not trusted silently
 
 
 def free(default: Any = None) -> Any:
     """A field a resumed run may change (where to write, how often to log) without changing the training."""
     return field(default=default, metadata={"free": True})
+
+
+def shape(default: Any = None) -> Any:
+    """How the global batch is cut over ranks and micro-batches, and how ZeRO shards the state: a resumed run
+    may change it (another cluster shape) when the global batch stays (see ``TrainConfig.shape``)."""
+    return field(default=default, metadata={"shape": True})
 
 
 @dataclass(frozen=True)
@@ -71,13 +80,14 @@ class DataConfig:
 class BatchConfig:
     """How samples become micro-batches and updates."""
 
-    per_device_train_batch_size: int = 16
+    per_device_train_batch_size: int = shape(16)
     per_device_eval_batch_size: int = free(16)
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = shape(1)
     padding: str = "auto"  # --pad_to_max_len is folded in as "max_length"
     group_by_length: bool = False
     packing: bool = False
     shuffle_each_epoch: bool = False
+    loss_normalization: str = "micro_batch"  # changes the gradient: part of the resume fingerprint
 
 
 @dataclass(frozen=True)
@@ -112,7 +122,7 @@ class EngineConfig:
     """DeepSpeed: precision, ZeRO stage, offload and its monitors."""
 
     dtype: str = "fp16"
-    zero_stage: int = 0
+    zero_stage: int = shape(0)
     offload: bool = False
     enable_tensorboard: bool = free(False)
     tensorboard_path: str = free("step1_tensorboard")
@@ -167,14 +177,28 @@ class TrainConfig:
         """
         values: dict[str, Any] = {
             "fingerprint_version": FINGERPRINT_VERSION,
-            "world_size": world_size,
+            "global_batch": self.global_batch(world_size),
             "data_digest": data_digest,
         }
         for section in fields(self):
             part = getattr(self, section.name)
             for item in fields(part):
-                if not item.metadata.get("free"):
+                if not item.metadata.get("free") and not item.metadata.get("shape"):
                     values[f"{section.name}.{item.name}"] = jsonable(getattr(part, item.name))
+        return values
+
+    def global_batch(self, world_size: int) -> int:
+        """Samples per optimizer update over all ranks: what the maths depends on, however it is cut."""
+        return self.batch.per_device_train_batch_size * self.batch.gradient_accumulation_steps * world_size
+
+    def shape(self, world_size: int) -> dict:
+        """The cluster shape a checkpoint was written with (a resume on another one converts the checkpoint)."""
+        values = {"world_size": world_size}
+        for section in fields(self):
+            part = getattr(self, section.name)
+            for item in fields(part):
+                if item.metadata.get("shape"):
+                    values[item.name] = getattr(part, item.name)
         return values
 
     def flags(self) -> dict:

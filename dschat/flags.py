@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from dschat.config import DTYPES, LR_SCHEDULERS, PADDING_CHOICES, SAVE_FORMATS
+from dschat.config import DTYPES, LOSS_NORMALIZATIONS, LR_SCHEDULERS, PADDING_CHOICES, SAVE_FORMATS
 from dschat.utils.data.prompts import PROMPT_TEMPLATES, UPSTREAM
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -185,6 +185,19 @@ def add_batch_args(parser: argparse.ArgumentParser) -> None:
         "--shuffle_each_epoch",
         action="store_true",
         help="(dschat) reshuffle the training data every epoch (upstream repeats the same order).",
+    )
+    add(
+        "--loss_normalization",
+        choices=LOSS_NORMALIZATIONS,
+        default="micro_batch",
+        help="micro_batch (upstream): each micro-batch's loss is the mean over its own loss-bearing tokens, then "
+        "DeepSpeed averages micro-batches and ranks, so a token in a short micro-batch weighs more and the "
+        "result depends on --per_device_train_batch_size, --gradient_accumulation_steps and the number of "
+        "GPUs. (dschat) token: every loss-bearing token of an optimizer step weighs the same (sum of token "
+        "losses / the step's tokens over all its micro-batches and ranks), so any split of the same samples "
+        "gives the same update; an epoch's last, shorter step ends at the epoch (as the LR schedule counts). "
+        "metrics.jsonl's loss is then the token-weighted mean loss of the step so far (its last row: the whole "
+        "step's); --print_loss shows each micro-batch's share of it.",
     )
 
 

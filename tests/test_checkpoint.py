@@ -171,7 +171,7 @@ def test_resume_refuses_different_settings_and_non_checkpoints(
     )
     assert run_cli(main, changed) == 2
     err = capsys.readouterr().err
-    assert "per_device_train_batch_size: checkpoint=4 now=2" in err
+    assert "global_batch: checkpoint=4 now=2" in err
     assert (
         run_cli(main, argv(tiny_models["opt8"], data_file, tmp_path / "x", "--resume_from", str(tmp_path)))
         == 2

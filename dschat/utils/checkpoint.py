@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from dschat.config import OutputConfig
 from dschat.errors import DschatError
 from dschat.run_dir import CHECKPOINTS_DIR
-from dschat.utils import atomic, dist, manifest
+from dschat.utils import atomic, dist, manifest, reshape
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class TrainState:
     tokens_seen: int = 0
     bad_steps: int = 0
     fingerprint: dict = field(default_factory=dict)
+    shape: dict | None = None  # world size, micro-batch, accumulation, ZeRO stage (dschat.utils.reshape)
 
 
 def checkpoints_root(output_dir: str) -> str:
@@ -93,6 +94,8 @@ def _set_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
 def restore_rng(checkpoint_dir: str) -> None:
     """Put this rank's random number generators back where they were when the checkpoint was taken."""
     rank = dist.get_rank()
+    if not os.path.isfile(os.path.join(checkpoint_dir, f"rng_rank{rank}.json")):
+        rank = 0  # resumed on more ranks than saved it (another shape: not bit-exact anyway)
     with open(os.path.join(checkpoint_dir, f"rng_rank{rank}.json")) as handle:
         plain = json.load(handle)
     _set_rng_state(plain, load_file(os.path.join(checkpoint_dir, f"rng_rank{rank}.safetensors")))
@@ -276,22 +279,43 @@ def resolve_resume_path(output: OutputConfig) -> str | None:
     return dist.decided_by_rank0(_resume_target, output)
 
 
-def load_checkpoint(engine, path: str, fingerprint: dict) -> TrainState:
-    """Restore engine (weights, optimizer, scheduler) and our state; refuse a run whose settings differ."""
+def read_state(path: str) -> TrainState:
     with open(os.path.join(path, STATE_FILE)) as handle:
-        state = TrainState(**json.load(handle))
-    differences = fingerprint_differences(state.fingerprint, fingerprint)
+        return TrainState(**json.load(handle))
+
+
+def prepare_resume(
+    path: str | None, fingerprint: dict, shape: dict, group_by_length: bool, ds_config: dict
+) -> reshape.ResumePoint | None:
+    """Before the engine exists: refuse a run whose settings differ, and plan loading into this shape (a
+    universal conversion, with ``ds_config`` set to load it, when the ranks or ZeRO 1-2 sharding differ)."""
+    if path is None:
+        return None
+    saved = read_state(path)
+    differences = fingerprint_differences(saved.fingerprint, fingerprint)
     if differences:
         raise DschatError(
             f"cannot resume from {path}: the run's settings differ ({'; '.join(differences)}). "
             "Resume with the original flags, or start a new --output_dir"
         )
-    root, tag = os.path.split(path)
-    loaded, _ = engine.load_checkpoint(root, tag=tag)
+    return reshape.plan(path, saved.shape, shape, group_by_length, ds_config)
+
+
+def load_checkpoint(engine, point: reshape.ResumePoint, shape: dict) -> TrainState:
+    """Restore engine (weights, optimizer, scheduler) and our state, in this run's shape."""
+    path = point.path
+    state = read_state(path)
+    tag = os.path.basename(path)
+    loaded, _ = engine.load_checkpoint(point.load_dir if point.universal else os.path.dirname(path), tag=tag)
+    point.done()
     if loaded is None:
         raise DschatError(
             f"DeepSpeed could not load the checkpoint {path}: it is incomplete or from another run"
         )
+    if point.saved_shape != shape:  # the same samples, counted in this shape's micro-batches
+        state.step_in_epoch = reshape.rescale(state.step_in_epoch, point.saved_shape, shape, "epoch position")
+        state.micro_step = reshape.rescale(state.micro_step, point.saved_shape, shape, "micro-step count")
+    state.shape = shape
     logger.info(
         "resumed from %s: epoch=%d step_in_epoch=%d update_step=%d",
         path,
@@ -302,8 +326,8 @@ def load_checkpoint(engine, path: str, fingerprint: dict) -> TrainState:
     return state
 
 
-def start_state(engine, resume_dir: str | None, fingerprint: dict) -> TrainState:
-    """The loaded state when resuming, else a fresh one carrying this run's fingerprint."""
-    if resume_dir:
-        return load_checkpoint(engine, resume_dir, fingerprint)
-    return TrainState(fingerprint=fingerprint)
+def start_state(engine, resume: reshape.ResumePoint | None, fingerprint: dict, shape: dict) -> TrainState:
+    """The loaded state when resuming, else a fresh one carrying this run's fingerprint and shape."""
+    if resume:
+        return load_checkpoint(engine, resume, shape)
+    return TrainState(fingerprint=fingerprint, shape=shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 LOG_FORMAT = "[%(asctime)s] [%(levelname)s] %(name)s: %(message)s"
@@ -27,3 +28,15 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level if rank == 0 else logging.WARNING)
     root.propagate = False
+    # Every rank says once where it runs: on many nodes, the first thing to check in a log.
+    ranks = logging.getLogger("dschat.ranks")
+    ranks.setLevel(logging.INFO)
+    ranks.info(
+        "rank %d of %s: node rank %s, local rank %s, host %s, pid %d",
+        rank,
+        os.environ.get("WORLD_SIZE", "1"),
+        os.environ.get("CROSS_RANK", "0"),  # DeepSpeed's launcher: this node's rank
+        os.environ.get("LOCAL_RANK", "0"),
+        socket.gethostname(),
+        os.getpid(),
+    )

@@ -17,10 +17,11 @@ import torch
 from tqdm import tqdm
 
 from dschat.config import TrainConfig
-from dschat.utils import checkpoint, dist, perf
-from dschat.utils.data.collate import IGNORE_INDEX, REAL_TOKENS
+from dschat.utils import checkpoint, dist, loss_normalization, perf
+from dschat.utils.data.collate import REAL_TOKENS
 from dschat.utils.guards import StopRequest, agree, nonfinite_loss
 from dschat.utils.loaders import skip_batches
+from dschat.utils.loss_normalization import TokenWindow, count_targets
 from dschat.utils.metrics import EvalResult, MetricsWriter, ModelShape, log_eval, log_throughput
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,6 @@ def to_device(batch: dict, device) -> tuple[dict, int]:
     """Model inputs on ``device``, and the batch's count of real (non-pad) tokens."""
     real_tokens = int(batch.get(REAL_TOKENS, batch["input_ids"].numel()))
     return {key: value.to(device) for key, value in batch.items() if key != REAL_TOKENS}, real_tokens
-
-
-def count_targets(labels: torch.Tensor) -> int:
-    """Tokens that carry loss after the causal shift (labels[:, 1:] that are not -100)."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def safe_exp(value: float) -> float:
@@ -122,23 +118,34 @@ class StepResult:
     stop_requested: bool
 
 
-def micro_step(loop: Loop, state, batch, epoch: int, step: int) -> StepResult:
+def forward(engine, batch: dict, window: TokenWindow | None) -> torch.Tensor:
+    """The micro-batch's loss: its own token mean (upstream), or its share of the step's token mean (token)."""
+    if window is None:
+        return engine(**batch, use_cache=False).loss
+    # The step ends with its window, not by DeepSpeed's micro-step count: an epoch's shorter last window too.
+    engine.set_gradient_accumulation_boundary(window.last)
+    return engine(**batch, use_cache=False, num_items_in_batch=window.num_items).loss
+
+
+def micro_step(loop: Loop, state, batch, epoch: int, step: int, window: TokenWindow | None) -> StepResult:
     """Forward, one agreement across ranks, backward and step (a bad loss is skipped or stops the run),
-    bookkeeping."""
+    bookkeeping. ``window``: the step's token counts (--loss_normalization token), None for upstream's loss."""
     engine, cfg = loop.engine, loop.cfg
     start = time.time()
     batch, real_tokens = to_device(batch, loop.device)
     lr = engine.get_lr()[0]  # the rate this step's update uses
-    loss = engine(**batch, use_cache=False).loss
+    loss = forward(engine, batch, window)
     if cfg.loop.print_loss:
         print(f"Epoch: {epoch}, Step: {step}, Rank: {dist.get_rank()}, loss = {loss}", flush=True)
     mean_loss, bad, stopping = agree(loss, loop.stop.requested)
     if bad:
         where = f"epoch {epoch + 1} micro-step {step} (update {state.update_step + 1})"
         nonfinite_loss(state, cfg.loop.max_bad_steps, cfg.output.output_dir, where)
-    else:
-        engine.backward(loss)
+    else:  # token: skipping a window's last micro-batch carries the window's gradients into the next step
+        engine.backward(loss if window is None else loss * window.backward_scale)
         engine.step()
+    if window is not None:
+        mean_loss = window.step_loss(mean_loss * dist.get_world_size())
     seconds = time.time() - start
     boundary = engine.global_steps != state.update_step
     state.micro_step += 1
@@ -204,8 +211,8 @@ def train_epoch(loop: Loop, state, train_loader, resume_dir: str | None, epoch: 
 def train_batches(loop: Loop, state, batches, bar, first: int, epoch: int) -> Outcome:
     """The micro-steps of one epoch, with evaluation, checkpoints and stops where they fall due."""
     cfg, engine = loop.cfg, loop.engine
-    for step, batch in enumerate(batches, start=first):
-        result = micro_step(loop, state, batch, epoch, step)
+    for step, (batch, window) in enumerate(with_windows(loop, batches), start=first):
+        result = micro_step(loop, state, batch, epoch, step, window)
         bar.update(1)
         bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}")
         if cfg.loop.eval_interval and state.micro_step % cfg.loop.eval_interval == 0:
@@ -219,6 +226,15 @@ def train_batches(loop: Loop, state, batches, bar, first: int, epoch: int) -> Ou
         if cfg.loop.max_steps and state.update_step >= cfg.loop.max_steps:
             return Outcome.MAX_STEPS
     return Outcome.DONE
+
+
+def with_windows(loop: Loop, batches):
+    """The micro-batches, each with its step's token window (--loss_normalization token) or None (upstream)."""
+    if loop.cfg.batch.loss_normalization != "token":
+        return ((batch, None) for batch in batches)
+    scale = loss_normalization.backward_scale(loop.engine)
+    gas = loop.cfg.batch.gradient_accumulation_steps
+    return loss_normalization.token_windows(batches, gas, scale, loop.device)
 
 
 def model_shape(engine, model_config, cfg: TrainConfig) -> ModelShape:
@@ -239,6 +255,8 @@ def train(
     """Upstream's loop (eval before training, then per epoch train every micro-batch and eval again), plus
     checkpoints, exact resume, clean stops and a NaN guard."""
     epochs = cfg.optim.num_train_epochs
+    if cfg.batch.loss_normalization == "token":
+        loss_normalization.check_model(engine.module)
     metrics = MetricsWriter(cfg.output.output_dir, keep_steps=state.micro_step if resume_dir else None)
     loop = Loop(
         engine, cfg, device, eval_loader, metrics, StopRequest(), model_shape(engine, model_config, cfg)

@@ -74,9 +74,11 @@ def train_and_save(cfg: config.TrainConfig, device) -> None:
     scheduler = optim.schedule_for_run(
         optimizer, cfg.optim, len(train_loader), cfg.batch.gradient_accumulation_steps
     )
-    engine = train.create_engine(model, optimizer, scheduler, ds_config, cfg.model.gradient_checkpointing)
     data_digest = f"{train_dataset.samples.digest()[:16]}-{eval_dataset.samples.digest()[:16]}"
-    state = checkpoint.start_state(engine, resume_dir, cfg.fingerprint(dist.get_world_size(), data_digest))
+    fingerprint, shape = cfg.fingerprint(dist.get_world_size(), data_digest), cfg.shape(dist.get_world_size())
+    resume = checkpoint.prepare_resume(resume_dir, fingerprint, shape, cfg.batch.group_by_length, ds_config)
+    engine = train.create_engine(model, optimizer, scheduler, ds_config, cfg.model.gradient_checkpointing)
+    state = checkpoint.start_state(engine, resume, fingerprint, shape)
 
     outcome = train.train(engine, train_loader, eval_loader, cfg, model.config, device, state, resume_dir)
     if outcome is train.Outcome.INTERRUPTED:

@@ -17,13 +17,20 @@ from dschat.utils.data.collate import IGNORE_INDEX
 DROPOUT_KEYS = ("dropout", "attention_dropout", "hidden_dropout", "activation_dropout")
 
 
-def _fp32_shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy in fp32 over targets that are not IGNORE_INDEX."""
+def _fp32_shifted_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy in fp32 over targets that are not IGNORE_INDEX: their mean, or (as transformers'
+    loss) their sum / ``num_items_in_batch`` when given (--loss_normalization token)."""
     shift_logits = logits[..., :-1, :].float()
     shift_labels = labels[..., 1:].to(logits.device)
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    loss = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="mean" if num_items_in_batch is None else "sum",
     )
+    return loss if num_items_in_batch is None else loss / num_items_in_batch
 
 
 def causal_lm_model_to_fp32_loss(model: PreTrainedModel) -> None:
@@ -32,13 +39,15 @@ def causal_lm_model_to_fp32_loss(model: PreTrainedModel) -> None:
         return  # already wrapped
     original_forward = model.forward
 
-    def forward_with_fp32_loss(*args: Any, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward_with_fp32_loss(
+        *args: Any, labels: torch.Tensor | None = None, num_items_in_batch=None, **kwargs: Any
+    ) -> Any:
         # Every other argument goes through untouched, so any architecture works (upstream needed head_mask).
         output = original_forward(*args, labels=None, **kwargs)
         if labels is None:
             return output
         is_model_output = isinstance(output, ModelOutput)
-        loss = _fp32_shifted_loss(output.logits if is_model_output else output[0], labels)
+        loss = _fp32_shifted_loss(output.logits if is_model_output else output[0], labels, num_items_in_batch)
         if not is_model_output:
             return (loss, *output)
         if "loss" in {field.name for field in dataclasses.fields(output)}:

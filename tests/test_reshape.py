@@ -1,0 +1,160 @@
+"""Resume on another cluster shape: a checkpoint of 2 ranks resumed by 1 (and 1 by 2), ZeRO 0 and ZeRO 1-2
+through DeepSpeed's universal checkpoint, with the per-step losses of an uninterrupted run of the same global
+batch; what DeepSpeed cannot convert is one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import scripts
+import torch
+from conftest import free_port
+from transformers import AutoTokenizer
+
+from dschat.errors import DschatError, run_cli
+from dschat.utils import reshape
+from dschat.utils.dist import LAUNCHER_VARS
+
+step1 = scripts.step1_main()
+GLOBAL_BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def equal_data(tmp_path_factory, tiny_models):
+    """Samples of one token length: upstream's per-micro-batch mean then weighs every sample alike, so any cut
+    of the global batch gives the same loss (on variable lengths use --loss_normalization token)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["opt8"])
+    rows, target = [], None
+    for a in "abcdefghijklmnopqrstuvwxyz":
+        for b in "abcdefghijklmnopqrstuvwxyz":
+            n = len(tokenizer(f" Human: Say {a} Assistant: {b} {a}</s>")["input_ids"])
+            target = target or n
+            if n == target:
+                rows.append({"prompt": f"Say {a}", "response": f"{b} {a}"})
+    path = tmp_path_factory.mktemp("reshape") / "equal.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:72]))
+    return path
+
+
+def flags(model, data, out, micro: int, zero: int, *extra) -> list[str]:
+    return [
+        *("--model_name_or_path", str(model), "--data_path", str(data), "--data_split", "10,0,0"),
+        *("--data_output_path", str(out.parent / "cache"), "--dtype", "fp32", "--max_seq_len", "32"),
+        *("--per_device_train_batch_size", str(micro), "--zero_stage", str(zero), "--dropout", "0.0"),
+        *("--learning_rate", "1e-2", "--output_dir", str(out), "--deepspeed", *extra),
+    ]
+
+
+def two_ranks(model, data, out, micro: int, zero: int, *extra) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for key in LAUNCHER_VARS:
+        env.pop(key, None)
+    launcher = [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_gpus",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
+    result = subprocess.run(
+        [*launcher, str(scripts.MAIN), *flags(model, data, out, micro, zero, *extra)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=out.parent,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def losses(out: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [0, 2])
+def test_two_ranks_resumed_by_one_match_an_uninterrupted_run(
+    tmp_path, tiny_models, equal_data, dist_env, zero
+):
+    model = tiny_models["opt8"]
+    whole = tmp_path / "whole"
+    assert run_cli(step1.main, flags(model, equal_data, whole, GLOBAL_BATCH, zero, "--max_steps", "6")) == 0
+
+    moved = tmp_path / "moved"
+    two_ranks(model, equal_data, moved, GLOBAL_BATCH // 2, zero, "--max_steps", "3", "--save_interval", "3")
+    (moved / "config.json").unlink()
+    ones = [(zero, moved)]
+    if zero:  # ZeRO 1 <-> 2 converts the same way
+        shutil.copytree(moved, tmp_path / "moved-z1")
+        ones.append((1, tmp_path / "moved-z1"))
+    for stage, out in ones:
+        resumed = flags(model, equal_data, out, GLOBAL_BATCH, stage, "--max_steps", "6", "--resume")
+        assert run_cli(step1.main, resumed) == 0
+        assert losses(out) == pytest.approx(losses(whole), abs=2e-5), stage
+        assert not [
+            p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")
+        ]  # conversion gone
+
+
+@pytest.mark.slow
+def test_one_rank_resumed_by_two(tmp_path, tiny_models, equal_data, dist_env):
+    model = tiny_models["opt8"]
+    whole = tmp_path / "whole"
+    assert run_cli(step1.main, flags(model, equal_data, whole, GLOBAL_BATCH, 2, "--max_steps", "6")) == 0
+    grown = tmp_path / "grown"
+    first = flags(model, equal_data, grown, GLOBAL_BATCH, 2, "--max_steps", "3", "--save_interval", "3")
+    assert run_cli(step1.main, first) == 0
+    (grown / "config.json").unlink()
+    two_ranks(model, equal_data, grown, GLOBAL_BATCH // 2, 2, "--max_steps", "6", "--resume")
+    assert losses(grown) == pytest.approx(losses(whole), abs=2e-5)
+
+
+def test_every_sample_is_used_once_across_a_shape_change():
+    """DistributedSampler deals the epoch's permutation round robin, so after n micro-steps of m on W ranks the
+    first n*m*W samples are used; the new shape's ranks, skipping the rescaled count, take exactly the rest."""
+    dataset = list(range(96))
+    saved = {"world_size": 2, "per_device_train_batch_size": 4}
+    now = {"world_size": 4, "per_device_train_batch_size": 2}
+    before = [
+        index
+        for rank in range(2)
+        for index in list(torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=rank, seed=0))[
+            : 5 * 4
+        ]
+    ]
+    skip = reshape.rescale(5, saved, now, "epoch position")
+    after = [
+        index
+        for rank in range(4)
+        for index in list(torch.utils.data.DistributedSampler(dataset, num_replicas=4, rank=rank, seed=0))[
+            skip * 2 :
+        ]
+    ]
+    assert sorted(before + after) == dataset
+
+
+def test_what_deepspeed_cannot_convert_is_one_clear_line():
+    shape = {"world_size": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
+    to_three = ({**shape, "zero_stage": 2}, {**shape, "world_size": 1, "zero_stage": 3})
+    with pytest.raises(DschatError, match="ZeRO-2 checkpoint cannot be loaded as ZeRO-3.*--zero_stage 2"):
+        reshape.plan("ckpt", *to_three, group_by_length=False, ds_config={})
+    with pytest.raises(DschatError, match="group_by_length"):
+        reshape.plan(
+            "ckpt", {**shape, "zero_stage": 0}, {**shape, "world_size": 1, "zero_stage": 0}, True, {}
+        )
+    halved = (
+        {**shape, "zero_stage": 2},
+        {**shape, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "zero_stage": 2},
+    )
+    with pytest.raises(DschatError, match="--gradient_accumulation_steps must stay 1"):
+        reshape.plan("ckpt", *halved, group_by_length=False, ds_config={})
+    with pytest.raises(DschatError, match="not a whole number of micro-steps"):
+        reshape.rescale(
+            3, {**shape, "per_device_train_batch_size": 1}, {**shape, "world_size": 4}, "position"
+        )
