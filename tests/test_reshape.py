@@ -1,4 +1,4 @@
-"""Resume on another cluster shape: a checkpoint of 2 ranks resumed by 1 (and 1 by 2), ZeRO 0 and ZeRO 1-2
+"""Resume on another cluster shape: a checkpoint of 2 ranks resumed by 1 (and 1 by 2), ZeRO 0 as it is, ZeRO 1-2
 through DeepSpeed's universal checkpoint, with the per-step losses of an uninterrupted run of the same global
 batch; what DeepSpeed cannot convert is one clear line."""
 
@@ -90,7 +90,7 @@ def test_two_ranks_resumed_by_one_match_an_uninterrupted_run(
     two_ranks(model, equal_data, moved, GLOBAL_BATCH // 2, zero, "--max_steps", "3", "--save_interval", "3")
     (moved / "config.json").unlink()
     ones = [(zero, moved)]
-    if zero:  # ZeRO 1 <-> 2 converts the same way
+    if zero == 2:  # ZeRO 1 <-> 2 converts the same way
         shutil.copytree(moved, tmp_path / "moved-z1")
         ones.append((1, tmp_path / "moved-z1"))
     for stage, out in ones:
@@ -144,6 +144,12 @@ def test_what_deepspeed_cannot_convert_is_one_clear_line():
     to_three = ({**shape, "zero_stage": 2}, {**shape, "world_size": 1, "zero_stage": 3})
     with pytest.raises(DschatError, match="ZeRO-2 checkpoint cannot be loaded as ZeRO-3.*--zero_stage 2"):
         reshape.plan("ckpt", *to_three, group_by_length=False, ds_config={})
+    zero3 = (
+        {**shape, "zero_stage": 3},
+        {**shape, "world_size": 1, "per_device_train_batch_size": 8, "zero_stage": 3},
+    )
+    with pytest.raises(DschatError, match="ZeRO-3 checkpoint cannot be loaded as ZeRO-3 on another shape"):
+        reshape.plan("ckpt", *zero3, group_by_length=False, ds_config={})
     with pytest.raises(DschatError, match="group_by_length"):
         reshape.plan(
             "ckpt", {**shape, "zero_stage": 0}, {**shape, "world_size": 1, "zero_stage": 0}, True, {}

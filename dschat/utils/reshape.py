@@ -1,8 +1,9 @@
-"""Resuming on another cluster shape: more or fewer ranks and their micro-batch (ZeRO 0-2), ZeRO 1 <-> 2.
+"""Resuming on another cluster shape: more or fewer ranks and their micro-batch, ZeRO 1 <-> 2.
 
 The maths depends on the global batch (micro-batch x accumulation x ranks), which a resume must keep; how it is
-cut over ranks is the "shape" (the accumulation stays: metrics and the data position count micro-steps). DeepSpeed shards the optimizer state by rank under ZeRO 1-2, so another shape loads a
-DeepSpeed universal checkpoint, converted from the verified one by DeepSpeed's own ``ds_to_universal`` (rank 0,
+cut over ranks is the "shape" (the accumulation stays: metrics and the data position count micro-steps).
+DeepSpeed shards the optimizer state by rank under ZeRO 1-2, so another shape loads a DeepSpeed universal
+checkpoint, converted from the verified one by DeepSpeed's own ``ds_to_universal`` (rank 0,
 once, in a temporary directory removed after loading). A ZeRO-0 checkpoint holds the whole state in one file:
 any number of ranks loads it directly. The data position carries over in global samples: DistributedSampler
 deals sample ``k`` of the epoch's permutation to rank ``k % world``, so after ``n`` micro-steps of ``m`` samples
@@ -23,10 +24,12 @@ from dschat.utils import atomic, dist
 
 logger = logging.getLogger(__name__)
 
-UNIVERSAL_STAGES = (
-    1,
-    2,
-)  # DeepSpeed 0.19 loads universal checkpoints into ZeRO 1-2 (ZeRO-3 asserts on its files)
+# Stages whose checkpoints load into one another on another shape, as DeepSpeed 0.19.8 does it: ZeRO-0 holds the
+# whole state in one file (no conversion); ds_to_universal of a ZeRO 1-2 checkpoint loads into ZeRO 1-2 exactly.
+# Not ZeRO-3: its universal loader wants files only a ZeRO-3 source has, and from a 2-rank ZeRO-3 source the
+# resumed steps drift from an uninterrupted run (1e-3 in the loss two steps on): the optimizer state is not
+# restored exactly, so dschat refuses rather than train on wrong state.
+CONVERTIBLE = ((0,), (1, 2))
 
 
 @dataclass
@@ -59,13 +62,11 @@ def reshape_problem(saved: dict, now: dict, group_by_length: bool) -> str | None
             f"--gradient_accumulation_steps must stay {saved.get('gradient_accumulation_steps')}: a run's metrics and "
             "data position count its micro-steps (change the ranks and micro-batch instead)"
         )
-    if stages[0] == stages[1] == 0:
-        return None
-    if all(stage in UNIVERSAL_STAGES for stage in stages):
+    if any(stages[0] in group and stages[1] in group for group in CONVERTIBLE):
         return None
     return (
-        f"a ZeRO-{stages[0]} checkpoint cannot be loaded as ZeRO-{stages[1]} here: DeepSpeed 0.19 loads another "
-        "shape's state into ZeRO 1-2 only (universal checkpoints; ZeRO-3 and ZeRO-0 state do not convert)"
+        f"a ZeRO-{stages[0]} checkpoint cannot be loaded as ZeRO-{stages[1]} on another shape: DeepSpeed 0.19.8 "
+        "restores another shape's optimizer state exactly for ZeRO 0 (as it is) and between ZeRO 1 and 2 only"
     )
 
 
