@@ -161,14 +161,16 @@ def add_batch_args(parser: argparse.ArgumentParser) -> None:
         "--padding",
         choices=PADDING_CHOICES,
         default="auto",
-        help="(dschat) longest: pad each batch to its longest sample (same loss, less compute); max_length: "
-        "upstream's padding to --max_seq_len; auto: longest unless the model uses dropout (then max_length, so a "
-        "seeded run draws upstream's dropout masks).",
+        help="(dschat) longest: pad each batch to its longest sample (same loss and gradients, less compute); "
+        "max_length: upstream's padding to --max_seq_len; auto: longest for every model. With dropout, only "
+        "max_length draws upstream's dropout masks: use it (or --pad_to_max_len) to replicate a seeded upstream "
+        "run bit for bit.",
     )
     add(
         "--pad_to_max_len",
         action="store_true",
-        help="(dschat) same as --padding max_length (upstream's tensors).",
+        help="(dschat) same as --padding max_length: upstream's tensors, for bit-exact replication of a seeded "
+        "upstream run with dropout (slower: every sample is padded to --max_seq_len).",
     )
     add(
         "--group_by_length",

@@ -178,10 +178,13 @@ CASES = [
     ("data-weights-count", lambda t, m: ["--data_weights", "1", "2"], "--data_weights has 2 values for 1"),
     # The tiny OPT has 256 learned positions; a longer sample would fail inside the forward pass (IndexError).
     ("max-seq-len-over-positions", long_sample_flags, "--max_seq_len 300 keeps samples of up to 300 tokens"),
-    # GPT-2 counts padding positions too: rows padded (its dropout makes auto pick max_length) past n_positions.
+    # GPT-2 counts padding positions too: rows padded to --max_seq_len (upstream's tensors) past n_positions.
     (
         "padded-past-positions",
-        lambda t, m: ["--model_name_or_path", str(Path(m).parent / "tiny-gpt2"), "--max_seq_len", "300"],
+        lambda t, m: [
+            *("--model_name_or_path", str(Path(m).parent / "tiny-gpt2"), "--max_seq_len", "300"),
+            "--pad_to_max_len",
+        ],
         "do not fit the model's 256 positions",
     ),
     # --ds_config_override values of the wrong JSON type, named by key path and file.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -196,14 +197,13 @@ def padding(model, *flags: str) -> str:
     return resolve_padding(cfg.batch, cfg.lora, model)
 
 
-def test_auto_padding_is_dynamic_without_dropout_and_upstream_with_it(tiny_models):
+def test_auto_padding_is_dynamic_for_every_model_and_upstream_on_request(tiny_models, caplog):
     opt = AutoModelForCausalLM.from_pretrained(tiny_models["opt"])  # OPT: dropout 0.1
     llama = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])  # Llama: no dropout
-    assert padding(opt) == "max_length"
+    with caplog.at_level(logging.INFO, logger="dschat"):
+        assert padding(opt) == "longest"
+    assert "--pad_to_max_len reproduces a seeded upstream run" in caplog.text  # said where it matters
     assert padding(llama) == "longest"
-    assert padding(llama, "--lora_dim", "4", "--lora_dropout", "0.1") == "max_length"
-    assert (
-        padding(llama, "--lora_dim", "0", "--lora_dropout", "0.1") == "longest"
-    )  # no LoRA layers, no dropout
-    assert padding(llama, "--pad_to_max_len") == "max_length"
-    assert padding(opt, "--padding", "longest") == "longest"
+    assert padding(llama, "--lora_dim", "4", "--lora_dropout", "0.1") == "longest"
+    assert padding(opt, "--pad_to_max_len") == "max_length"
+    assert padding(llama, "--padding", "max_length") == "max_length"

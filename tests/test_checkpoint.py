@@ -217,7 +217,11 @@ def test_nan_loss_stops_with_the_step_named_or_is_skipped_a_bounded_number_of_ti
     override = tmp_path / "noclip.json"
     override.write_text(json.dumps({"gradient_clipping": 0.0}))
     out = tmp_path / "nan"
+    before = signal.getsignal(signal.SIGTERM)
     assert run_cli(main, argv(tiny_models["opt8"], data_file, out, *blowup, str(override))) == 2
+    assert (
+        signal.getsignal(signal.SIGTERM) is before
+    )  # a run that fails leaves no handler behind (forks inherit it)
     err = capsys.readouterr().err
     assert "the loss became NaN/inf at epoch 1 micro-step" in err and "Traceback" not in err
     assert not (out / "config.json").exists()

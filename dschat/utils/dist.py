@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import glob
 import os
+import signal
 import socket
 import threading
 import time
@@ -95,7 +96,7 @@ def decided_by_rank0(decide: Callable[..., T], *args) -> T:
     return result
 
 
-HEARTBEAT_SECONDS = 2.0  # each rank bumps its counter in the rendezvous store this often
+HEARTBEAT_SECONDS = 1.0  # each rank bumps its counter in the rendezvous store this often
 _heartbeat = None
 COMM_FAILURE_MARKS = ("gloo", "nccl", "NCCL", "Connection closed by peer", "Connection reset", "Timed out")
 
@@ -158,7 +159,13 @@ def collective_faults(timeout_minutes: float):
             isinstance(err, dist.DistError) or any(mark in text for mark in COMM_FAILURE_MARKS)
         ):
             raise
-        silent = _heartbeat.silent_ranks() if _heartbeat is not None else []
+        # The launcher stops every rank as soon as one dies: finish the roll call and the report first
+        # (SIGKILL, 30 s later, still ends this process).
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            silent = _heartbeat.silent_ranks() if _heartbeat is not None else []
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         who = (
             "rank 0, which holds the rendezvous store, is gone (see its log lines)"
             if silent is None

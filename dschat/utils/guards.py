@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -27,12 +28,19 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.pid = (
+            os.getpid()
+        )  # a forked child (a data worker) inherits the handler: it must not absorb signals
         self.previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.previous[sig] = signal.signal(sig, self.handle)
         self.watcher = LauncherWatch(self.request_from_watch)
 
     def handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:  # not the training process: die as a child should
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if self.requested:
             logger.warning(
                 "received signal %d again: already stopping (kill -9 aborts without a checkpoint)", signum

@@ -22,26 +22,24 @@ VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
 def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
-    """``max_length`` (upstream's tensors) or ``longest`` (dynamic). ``auto`` picks dynamic unless dropout is on.
+    """``max_length`` (upstream's tensors) or ``longest`` (dynamic); ``auto`` is dynamic for every model.
 
-    Dynamic padding gives the same loss, but dropout draws its random masks over the whole padded tensor, so
-    with dropout only upstream's shapes reproduce a seeded upstream run step for step.
+    Dynamic padding gives the same loss and gradients with less compute. The one thing it changes is which
+    random numbers dropout draws (its masks cover the whole padded tensor), so with dropout on, a seeded run
+    matches a seeded upstream run step for step only with upstream's shapes: ``--pad_to_max_len``.
     """
     if batch.padding != "auto":
         return batch.padding
     dropout = active_dropout(model)
     if lora.enabled and lora.lora_dropout > 0:
         dropout.append(f"lora_dropout={lora.lora_dropout}")
-    if dropout:
-        logger.info(
-            "padding=max_length (auto: dropout is active: %s; pass --padding longest or --dropout 0.0 for "
-            "dynamic padding, which is faster but draws different dropout masks than upstream)",
-            ", ".join(dropout[:4]),
-        )
-        return "max_length"
-    logger.info(
-        "padding=longest (auto: no dropout, so dynamic padding gives upstream's losses with less compute)"
+    note = (
+        f"; dropout is active ({', '.join(dropout[:4])}): its masks differ from upstream's, --pad_to_max_len "
+        "reproduces a seeded upstream run step for step"
+        if dropout
+        else ""
     )
+    logger.info("padding=longest (auto: dynamic padding, the same maths with less compute%s)", note)
     return "longest"
 
 

@@ -28,7 +28,9 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level if rank == 0 else logging.WARNING)
     root.propagate = False
-    # Every rank says once where it runs: on many nodes, the first thing to check in a log.
+    # Every rank of a multi-rank run says once where it runs: on many nodes, the first thing to check in a log.
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
     ranks = logging.getLogger("dschat.ranks")
     ranks.setLevel(logging.INFO)
     ranks.info(

@@ -43,7 +43,8 @@ class MetricsWriter:
 
     def close(self) -> None:
         for handle in self.handles.values():
-            handle.close()
+            with atomic.disk_space_guard(handle.name, "the metrics file"):  # closing flushes the last rows
+                handle.close()
 
 
 def _continue(path: str, keep_steps: int | None) -> IO:

@@ -254,21 +254,28 @@ def train(
 ) -> Outcome:
     """Upstream's loop (eval before training, then per epoch train every micro-batch and eval again), plus
     checkpoints, exact resume, clean stops and a NaN guard."""
-    epochs = cfg.optim.num_train_epochs
     if cfg.batch.loss_normalization == "token":
         loss_normalization.check_model(engine.module)
     metrics = MetricsWriter(cfg.output.output_dir, keep_steps=state.micro_step if resume_dir else None)
     loop = Loop(
         engine, cfg, device, eval_loader, metrics, StopRequest(), model_shape(engine, model_config, cfg)
     )
+    try:  # the signal handlers and the metrics files are released however the loop ends
+        return run_epochs(loop, state, train_loader, resume_dir)
+    finally:
+        loop.stop.restore()
+        metrics.close()
+
+
+def run_epochs(loop: Loop, state, train_loader, resume_dir: str | None) -> Outcome:
+    """The epochs from ``state`` on, with an evaluation before (fresh runs) and after each."""
+    cfg, engine, epochs = loop.cfg, loop.engine, loop.cfg.optim.num_train_epochs
     logger.info("***** Running training *****")
     if resume_dir is None:
         logger.info("***** Evaluating perplexity, Epoch 0/%d *****", epochs)
         evaluate_and_log(loop, state, 0)
     if cfg.loop.max_steps and state.update_step >= cfg.loop.max_steps:
         logger.info("nothing to train: the checkpoint is at update_step=%d = --max_steps", state.update_step)
-        loop.stop.restore()
-        metrics.close()
         return Outcome.MAX_STEPS
     outcome = Outcome.DONE
     for epoch in range(state.epoch, epochs):
@@ -284,6 +291,4 @@ def train(
             logger.info("stopping after max_steps=%d optimizer updates", cfg.loop.max_steps)
             break
         state.epoch, state.step_in_epoch = epoch + 1, 0
-    loop.stop.restore()
-    metrics.close()
     return outcome
