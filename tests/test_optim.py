@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -96,6 +97,21 @@ def test_only_lora_trainable_leaves_one_group(tiny_models):
     assert groups == [
         {"params": [lora.lora_right_weight, lora.lora_left_weight], "weight_decay": 0.0, "lr": 5e-4}
     ]
+
+
+def test_the_optimizer_line_names_the_rates_that_train(tiny_models, caplog):
+    model = load(tiny_models, "opt")
+    with caplog.at_level(logging.INFO, logger="dschat"):
+        optim.create_optimizer(get_optimizer_grouped_parameters(model, 0.0), 1e-3, offload=False)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("optimizer="))
+    assert "lr=0.001 " in line and "lora" not in line  # no LoRA here (torch adds lr to every group it gets)
+    lora = add_fake_lora(model.model.decoder.layers[1].fc1)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dschat"):
+        optim.create_optimizer(get_optimizer_grouped_parameters(model, 0.0), 1e-3, offload=False)
+    assert lora is not None and "lora_lr=0.0005 (only LoRA parameters train)" in caplog.text
 
 
 def test_matching_is_on_the_lower_cased_name():

@@ -63,6 +63,9 @@ def get_optimizer_grouped_parameters(
 
 def create_optimizer(param_groups: list[dict], learning_rate: float, offload: bool) -> torch.optim.Optimizer:
     """AdamW (decoupled decay, betas 0.9/0.95, eps 1e-8): CPU Adam when offloading, FusedAdam on an accelerator."""
+    # Read the groups' own rates first: torch's optimizers write their default lr into every group they get.
+    own_rates = sorted({group["lr"] for group in param_groups if "lr" in group})  # the LoRA group's
+    only_own = bool(own_rates) and all("lr" in group for group in param_groups)
     if offload:
         optimizer = DeepSpeedCPUAdam(
             param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, adamw_mode=True
@@ -76,9 +79,8 @@ def create_optimizer(param_groups: list[dict], learning_rate: float, offload: bo
         optimizer = torch.optim.AdamW(
             param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, foreach=False
         )
-    own_rates = sorted({group["lr"] for group in param_groups if "lr" in group})  # the LoRA group's
     rates = f"lr={learning_rate:g}" + "".join(f" lora_lr={rate:g}" for rate in own_rates)
-    if own_rates and all("lr" in group for group in param_groups):
+    if only_own:
         rates = "".join(f"lora_lr={rate:g}" for rate in own_rates) + " (only LoRA parameters train)"
     logger.info("optimizer=%s %s betas=%s eps=%g", type(optimizer).__name__, rates, ADAM_BETAS, ADAM_EPS)
     return optimizer
