@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
+import sys
 from pathlib import Path
 from types import ModuleType
+
+from dschat.utils.dist import LAUNCHER_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP1 = ROOT / "training" / "step1_supervised_finetuning"
 MAIN = STEP1 / "main.py"
+DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")  # the launcher of this venv
+
+
+def process_env() -> dict[str, str]:
+    """The environment for a launched run: one torch thread, none of this test process's launcher variables."""
+    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS}
+    return env | {"OMP_NUM_THREADS": "1"}
 
 
 @functools.cache

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,6 @@ from safetensors.torch import load_file
 
 from dschat.errors import run_cli
 from dschat.utils import checkpoint
-from dschat.utils.dist import LAUNCHER_VARS
 
 MAIN = scripts.MAIN
 
@@ -70,13 +68,6 @@ def step1_main():
     return scripts.step1_main().main
 
 
-def subprocess_env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in LAUNCHER_VARS:
-        env.pop(key, None)
-    return env
-
-
 def wait_for(predicate, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -106,7 +97,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run_exactly(
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, str(MAIN), *argv(tiny_models["opt"], data_file, killed, *flags)],
-        env=subprocess_env(),
+        env=scripts.process_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -129,7 +120,7 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_cleanly(tmp_path, tiny_
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, str(MAIN), *argv(tiny_models["opt8"], data_file, out, "--dropout", "0")],
-        env=subprocess_env(),
+        env=scripts.process_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

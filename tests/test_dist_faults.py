@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import scripts
 from conftest import free_port
 
 from dschat.utils import checkpoint, manifest
-from dschat.utils.dist import LAUNCHER_VARS
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +32,9 @@ def long_data(tmp_path_factory):
 def launch(tmp_path: Path, model: Path, data: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
     """Two CPU ranks training for far longer than the test, in their own process group."""
     out, log = tmp_path / "run", tmp_path / "run.log"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in LAUNCHER_VARS:
-        env.pop(key, None)
+    env = scripts.process_env()
     cmd = [
-        str(Path(sys.executable).parent / "deepspeed"),
+        scripts.DEEPSPEED,
         "--num_gpus",
         "2",
         "--master_port",

@@ -12,9 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,6 @@ from dschat.errors import run_cli
 from dschat.flags import parse_train_args
 from dschat.utils import optim, train
 from dschat.utils.data.collate import REAL_TOKENS, SFTCollator
-from dschat.utils.dist import LAUNCHER_VARS
 from dschat.utils.loss_normalization import backward_scale, count_targets, token_windows
 from dschat.utils.model.patches import causal_lm_model_to_fp32_loss
 
@@ -141,9 +138,7 @@ def test_two_ranks_through_the_launcher_give_the_one_rank_token_steps(
     tmp_path, tiny_models, varied, reference
 ):
     ref_rows, ref_dir = reference
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in LAUNCHER_VARS:
-        env.pop(key, None)
+    env = scripts.process_env()
     flags = argv_for(
         tiny_models["opt8"],
         varied,
@@ -154,7 +149,7 @@ def test_two_ranks_through_the_launcher_give_the_one_rank_token_steps(
         "--loss_normalization",
         "token",
     )
-    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", "29673"]
+    launcher = [scripts.DEEPSPEED, "--num_gpus", "2", "--master_port", "29673"]
     result = subprocess.run(
         [*launcher, str(scripts.MAIN), *flags],
         env=env,

@@ -6,8 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import scripts
@@ -15,7 +13,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dschat.errors import run_cli
-from dschat.utils.dist import LAUNCHER_VARS
 
 step1_main = scripts.step1_main()
 
@@ -269,11 +266,9 @@ def test_two_cpu_ranks_through_the_deepspeed_launcher_match_one_rank(
         "0.0",
         output="one",
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in LAUNCHER_VARS:
-        env.pop(key, None)
+    env = scripts.process_env()
     cmd = [
-        str(Path(sys.executable).parent / "deepspeed"),
+        scripts.DEEPSPEED,
         "--num_gpus",
         "2",
         "--master_port",

@@ -4,9 +4,7 @@ Kubernetes user runs on every node), train exactly like one node with two ranks.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +14,8 @@ from conftest import free_port
 from safetensors.torch import load_file
 
 from dschat.utils import checkpoint
-from dschat.utils.dist import LAUNCHER_VARS
 
 pytestmark = pytest.mark.slow
-DEEPSPEED = str(Path(sys.executable).parent / "deepspeed")
 
 
 def main_flags(model: Path, data: Path, tmp_path: Path, out: Path) -> list[str]:
@@ -30,13 +26,6 @@ def main_flags(model: Path, data: Path, tmp_path: Path, out: Path) -> list[str]:
         *("--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--max_steps", "6"),
         *("--save_interval", "3", "--dropout", "0.0", "--output_dir", str(out), "--deepspeed"),
     ]
-
-
-def env() -> dict:
-    environment = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in LAUNCHER_VARS:
-        environment.pop(key, None)
-    return environment
 
 
 def losses(out: Path) -> list[float]:
@@ -53,14 +42,14 @@ def test_two_nodes_without_ssh_train_like_one_node_with_two_ranks(tmp_path, tiny
     one = tmp_path / "one-node"
     single = subprocess.run(
         [
-            DEEPSPEED,
+            scripts.DEEPSPEED,
             "--num_gpus",
             "2",
             "--master_port",
             str(free_port()),
             *main_flags(model, data, tmp_path, one),
         ],
-        env=env(),
+        env=scripts.process_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -75,11 +64,11 @@ def test_two_nodes_without_ssh_train_like_one_node_with_two_ranks(tmp_path, tiny
     nodes = [
         subprocess.Popen(
             [
-                *(DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank)),
+                *(scripts.DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(rank)),
                 *("--master_addr", "127.0.0.1", "--master_port", port),
                 *main_flags(model, data, tmp_path, two),
             ],
-            env=env(),
+            env=scripts.process_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -4,7 +4,6 @@ no final save over the base model, and a finished run resumes to nothing to do."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ import scripts
 
 from dschat.errors import run_cli
 from dschat.utils import ownership
-from dschat.utils.dist import LAUNCHER_VARS
 
 step1_main = scripts.step1_main()
 
@@ -78,7 +76,7 @@ def test_a_second_run_into_a_dir_in_use_stops_naming_the_holder(
 ):
     """Two real runs: the first holds the dir (a long run), the second stops at once with the holder's pid."""
     out, model = tmp_path / "out", tiny_models["llama"]
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS} | {"OMP_NUM_THREADS": "1"}
+    env = scripts.process_env()
     first = subprocess.Popen(
         [sys.executable, str(scripts.MAIN), *argv(model, qa_file, tmp_path, out, "--num_train_epochs", "50")],
         env=env,

@@ -5,10 +5,8 @@ batch; what DeepSpeed cannot convert is one clear line."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,6 @@ from transformers import AutoTokenizer
 
 from dschat.errors import DschatError, run_cli
 from dschat.utils import reshape
-from dschat.utils.dist import LAUNCHER_VARS
 
 step1 = scripts.step1_main()
 GLOBAL_BATCH = 8
@@ -52,11 +49,9 @@ def flags(model, data, out, micro: int, zero: int, *extra) -> list[str]:
 
 
 def two_ranks(model, data, out, micro: int, zero: int, *extra) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in LAUNCHER_VARS:
-        env.pop(key, None)
+    env = scripts.process_env()
     launcher = [
-        str(Path(sys.executable).parent / "deepspeed"),
+        scripts.DEEPSPEED,
         "--num_gpus",
         "2",
         "--master_port",

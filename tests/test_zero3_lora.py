@@ -8,9 +8,7 @@ a real model they are larger than the threshold and partitioned, as they are her
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from dschat.errors import run_cli
 from dschat.utils import atomic, train
-from dschat.utils.dist import LAUNCHER_VARS
 from dschat.utils.module.lora import LinearLayer_LoRA
 from dschat.utils.module.peft_export import ADAPTER_WEIGHTS_NAME, PEFT_KEY_PREFIX
 
@@ -217,10 +214,8 @@ def test_two_ranks_through_the_launcher_match_one_rank_resume_and_write_one_adap
     argv = flags(tiny_models["llama"], data, one, scope, *common, "--max_steps", "4")
     assert run_cli(step1_main.main, argv) == 0
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in LAUNCHER_VARS:
-        env.pop(key, None)
-    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", "29683"]
+    env = scripts.process_env()
+    launcher = [scripts.DEEPSPEED, "--num_gpus", "2", "--master_port", "29683"]
     for extra in (("--max_steps", "2"), ("--max_steps", "4", "--resume")):
         argv = flags(tiny_models["llama"], data, two, scope, *common, *extra, batch_size=2)
         result = subprocess.run(
