@@ -51,6 +51,7 @@ class ModelConfig:
     attn_implementation: str | None = None
     use_liger_kernel: bool = False
     compute_fp32_loss: bool = False
+    lm_loss: str = "chunked"  # "full": transformers' loss over every position's logits
     gradient_checkpointing: bool = False
 
     @property

@@ -131,7 +131,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         help="Override the model's dropout, attention_dropout, hidden_dropout, activation_dropout.",
     )
     add("--gradient_checkpointing", action="store_true", help="Enable HF gradient checkpointing.")
-    add("--compute_fp32_loss", action="store_true", help="Compute the loss in fp32.")
+    add(
+        "--compute_fp32_loss",
+        action="store_true",
+        help="Compute the loss in fp32 (always so with --lm_loss chunked).",
+    )
+    add(
+        "--lm_loss",
+        choices=("chunked", "full"),
+        default="chunked",
+        help="(dschat) chunked: the LM head and cross-entropy over loss-bearing positions only, a chunk at a time, "
+        "never holding the full logits (same loss, a fraction of the memory); full: transformers' loss over every "
+        "position's logits (upstream's).",
+    )
     add(
         "--attn_implementation",
         type=str,

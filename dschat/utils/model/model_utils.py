@@ -17,6 +17,7 @@ from transformers.integrations import HfDeepSpeedConfig
 
 from dschat.config import ModelConfig
 from dschat.errors import DschatError
+from dschat.utils.model.chunked_loss import chunked_loss_unsupported, use_chunked_loss
 from dschat.utils.model.patches import DROPOUT_KEYS, apply_liger_kernel, causal_lm_model_to_fp32_loss
 from dschat.utils.model.weights import load_pretrained
 
@@ -234,7 +235,7 @@ def create_hf_model(
 
 
 def build_model(model_class: Any, model: ModelConfig, tokenizer: PreTrainedTokenizerBase, ds_config: dict):
-    """main.py's model step: upstream's create_hf_model, then Liger kernels and the fp32 loss if asked."""
+    """main.py's model step: upstream's create_hf_model, then Liger kernels, the chunked loss or the fp32 loss."""
     built = create_hf_model(
         model_class,
         model.model_name_or_path,
@@ -245,7 +246,13 @@ def build_model(model_class: Any, model: ModelConfig, tokenizer: PreTrainedToken
         attn_implementation=model.attn_implementation,
     )
     if model.use_liger_kernel:
-        apply_liger_kernel(built)
+        apply_liger_kernel(built)  # its fused linear cross-entropy is the chunked loss's GPU kernel
+    elif model.lm_loss == "chunked":
+        unsupported = chunked_loss_unsupported(built)
+        if unsupported is None:
+            use_chunked_loss(built)
+            return built
+        logger.info("lm_loss=full (%s)", unsupported)
     if model.compute_fp32_loss:
         causal_lm_model_to_fp32_loss(built)
     return built
