@@ -13,7 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dschat import config
 from dschat.flags import parse_train_args
 from dschat.utils.data import data_utils, prompts
-from dschat.utils.data.batching import LengthGroupedSampler, PackedCollator, PackedDataset, pack_rows
+from dschat.utils.data.batching import (
+    LengthGroupedSampler,
+    PackedCollator,
+    PackedDataset,
+    pack_rows,
+    pack_windows,
+)
 from dschat.utils.data.collate import IGNORE_INDEX, REAL_TOKENS, SFTCollator
 from dschat.utils.data.tokenized import PromptDataset, TokenizedSamples
 from dschat.utils.loaders import resolve_padding
@@ -53,9 +59,41 @@ def test_length_grouped_sampler_covers_everything_and_groups_lengths():
 # --- packing ----------------------------------------------------------------------------------------
 
 
-def test_pack_rows_fills_rows_in_order_without_overflow():
+def greedy_rows(lengths, max_seq_len):
+    """Packing in data order (dschat's first packer): a new row whenever the next sample does not fit."""
+    rows, used = [[]], 0
+    for length in lengths:
+        if used + length > max_seq_len:
+            rows, used = [*rows, []], 0
+        rows[-1].append(length)
+        used += length
+    return rows
+
+
+def test_best_fit_decreasing_fills_rows_tightly_without_overflow():
     rows = pack_rows(np.array([5, 4, 3, 8, 1, 7]), max_seq_len=10)
-    assert rows == [[0, 1], [2], [3, 4], [5]]
+    # 8 | 7 + 3 | 5 + 4 + 1: the 1 goes where it fits most tightly (room 1 beside 5 + 4, not room 2 beside 8)
+    assert rows == [[3], [5, 2], [0, 1, 4]]
+    assert len(greedy_rows([5, 4, 3, 8, 1, 7], 10)) == 4  # in data order it takes a row more
+
+
+def test_packing_windows_cover_every_sample_once_are_seeded_and_fill_better_than_data_order():
+    lengths = np.minimum(np.random.RandomState(3).lognormal(4.0, 0.9, size=3000).astype(int) + 2, 512)
+    rows = pack_windows(lengths, 512, seed=5, window=1000)
+    flat = [i for row in rows for i in row]
+    assert sorted(flat) == list(range(3000))
+    assert max(lengths[row].sum() for row in rows) <= 512
+    order = np.random.RandomState(5).permutation(3000)
+    window_of = {int(index): position // 1000 for position, index in enumerate(order)}
+    assert all(len({window_of[i] for i in row}) == 1 for row in rows)  # a row never mixes windows
+    assert rows == pack_windows(lengths, 512, seed=5, window=1000)
+    assert rows != pack_windows(lengths, 512, seed=6, window=1000)
+    fill = lengths.sum() / (len(rows) * 512)
+    greedy_fill = lengths.sum() / (len(greedy_rows(lengths[order], 512)) * 512)
+    assert fill > 0.97 > greedy_fill + 0.05, (fill, greedy_fill)
+    # Rows come out in random order, not longest-first.
+    first = [int(lengths[row].max()) for row in rows[:50]]
+    assert first != sorted(first, reverse=True)
 
 
 def per_sample_losses(logits, labels):
@@ -67,9 +105,10 @@ def per_sample_losses(logits, labels):
     return loss
 
 
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
-def test_packed_rows_give_the_same_per_sample_losses_as_unpacked(tiny_models, arch):
-    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], attn_implementation="eager").eval()
+def test_packed_rows_give_the_same_per_sample_losses_as_unpacked(tiny_models, arch, attn):
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch], attn_implementation=attn).eval()
     dataset = random_samples([7, 12, 5, 9, 15, 3], seed=2, vocab=290)
     packed = PackedDataset(dataset, max_seq_len=24)
     assert len(packed) < len(dataset)
@@ -101,7 +140,10 @@ def test_packed_rows_give_the_same_per_sample_losses_as_unpacked(tiny_models, ar
 
 def test_packed_labels_skip_each_samples_first_token_and_can_be_answer_only():
     dataset = random_samples([4, 6], seed=3)
-    row = PackedDataset(dataset, 16)[0]
+    packed = PackedDataset(dataset, 16)
+    assert sorted(packed.rows) == [[0, 1]] or packed.rows == [[1, 0]]
+    packed.rows = [[0, 1]]  # the layout below: sample 0, then sample 1
+    row = packed[0]
     batch = PackedCollator(0, train_on_prompt=False)([row])
     labels = batch["labels"][0].tolist()
     ids = row["input_ids"].tolist()

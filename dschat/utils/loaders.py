@@ -93,15 +93,16 @@ def create_dataloaders(train_dataset, eval_dataset, tokenizer, model, cfg: Train
     )
     train_collator = collator
     if batch.packing:
-        train_dataset = PackedDataset(train_dataset, data.max_seq_len)
+        train_dataset = PackedDataset(train_dataset, data.max_seq_len, data.seed)
         varlen = getattr(model.config, "_attn_implementation", None) in VARLEN_ATTENTION
         mask_dtype = TORCH_DTYPES[cfg.engine.dtype]
         train_collator = PackedCollator(tokenizer.pad_token_id, data.train_on_prompt, varlen, mask_dtype)
         logger.info(
-            "packing: %d samples in %d rows of up to %d tokens",
+            "packing: %d samples in %d rows of up to %d tokens (best-fit decreasing, %.1f%% full)",
             len(train_dataset.dataset),
             len(train_dataset),
             data.max_seq_len,
+            100 * train_dataset.fill_rate,
         )
     train_loader = DataLoader(
         train_dataset,

@@ -158,7 +158,7 @@ def make_plan(cfg: TrainConfig, world_size: int, train_samples: int, eval_sample
 def log_plan(cfg: TrainConfig, tokenizer, world_size: int) -> Plan:
     """Build (or reuse) the data cache, then log the plan; main.py returns right after (``--dry_run``)."""
     train, evaluation = prepare_datasets(cfg.data, tokenizer)
-    rows = len(PackedDataset(train, cfg.data.max_seq_len)) if cfg.batch.packing else len(train)
+    rows = len(PackedDataset(train, cfg.data.max_seq_len, cfg.data.seed)) if cfg.batch.packing else len(train)
     plan = make_plan(cfg, world_size, rows, len(evaluation))
     logger.info("dry run: nothing is trained or saved; the plan:")
     for line in plan.lines():

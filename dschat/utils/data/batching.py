@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -49,27 +50,55 @@ class LengthGroupedSampler(Sampler[int]):
         return iter(mine.reshape(-1).tolist())
 
 
+PACKING_WINDOW = 1024  # samples packed together: enough to fill rows, small enough to keep the order random
+
+
 def pack_rows(lengths: np.ndarray, max_seq_len: int) -> list[list[int]]:
-    """Greedy packing in data order: consecutive samples share a row while they fit in ``max_seq_len``."""
-    rows, current, used = [], [], 0
-    for index, length in enumerate(lengths.tolist()):
-        if current and used + length > max_seq_len:
-            rows.append(current)
-            current, used = [], 0
-        current.append(index)
-        used += length
-    if current:
-        rows.append(current)
+    """Best-fit decreasing: longest sample first, each into the open row it fills most tightly (a new row when
+    none has room). Returns rows of indices into ``lengths``."""
+    free: list[tuple[int, int]] = []  # (room left, row), kept sorted: bisect finds the tightest fit
+    rows: list[list[int]] = []
+    for index in np.argsort(-lengths, kind="stable").tolist():
+        length = int(lengths[index])
+        at = bisect.bisect_left(free, (length, -1))
+        if at == len(free):
+            rows.append([index])
+            room, row = max_seq_len - length, len(rows) - 1
+        else:
+            room, row = free.pop(at)
+            rows[row].append(index)
+            room -= length
+        if room > 0:
+            bisect.insort(free, (room, row))
+    return rows
+
+
+def pack_windows(
+    lengths: np.ndarray, max_seq_len: int, seed: int, window: int = PACKING_WINDOW
+) -> list[list[int]]:
+    """Rows for a whole dataset: a seeded shuffle cut into windows of ``window`` samples, each packed
+    best-fit decreasing, its rows in a seeded random order (the sampler shuffles them again per epoch)."""
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(len(lengths))
+    rows = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        packed = [chunk[row].tolist() for row in pack_rows(lengths[chunk], max_seq_len)]
+        rows += [packed[i] for i in rng.permutation(len(packed))]
     return rows
 
 
 class PackedDataset(Dataset):
-    """Rows of several concatenated samples; ``seq_lens`` keeps their boundaries for masks and positions."""
+    """Rows of several concatenated samples; ``seq_lens`` keeps their boundaries for masks and positions.
 
-    def __init__(self, dataset: PromptDataset, max_seq_len: int):
+    The rows are fixed for the run (seeded by ``seed``), so the LR schedule's length and a resumed epoch's
+    position are exact; the sampler draws them in a new order every epoch."""
+
+    def __init__(self, dataset: PromptDataset, max_seq_len: int, seed: int = 0):
         self.dataset = dataset
         lengths = np.minimum(dataset.samples.lengths(), max_seq_len)
-        self.rows = pack_rows(lengths, max_seq_len)
+        self.rows = pack_windows(lengths, max_seq_len, seed)
+        self.fill_rate = float(lengths.sum()) / max(len(self.rows) * max_seq_len, 1)
 
     def __len__(self) -> int:
         return len(self.rows)
