@@ -120,8 +120,20 @@ def run_worker(main_argv: list[str]) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     code = run_cli(module.main, main_argv)
-    print(f"PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", flush=True)
+    print(f"PEAK_RSS_KB={peak_rss_kb()}", flush=True)
     sys.exit(code)
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS. VmHWM where Linux has it: ru_maxrss survives exec, so a worker started by a big
+    parent would report at least the parent's RSS at the fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_mode(args, model: str, data: Path, flags: list[str], out: Path) -> dict:

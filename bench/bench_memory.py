@@ -6,8 +6,9 @@ samples, block-diagonal mask), recording every tensor autograd keeps for the bac
 ``saved_tensors_hooks`` pack hook) with the module that saved it, grouped: vocabulary-wide logits and their
 softmax, attention scores, per-layer activations by kind, the chunked loss's gradients. Weights, gradients and
 Adam's two moments are counted from the parameters.
-Part 2 (one fresh process each, main.py through DeepSpeed): peak RSS, step time and tokens/s of packed runs with
-``--lm_loss full`` (transformers' loss: before), the default chunked loss, plus ``--gradient_checkpointing``,
+Part 2 (one fresh process each, main.py through DeepSpeed): peak RSS (VmHWM), step time and tokens/s of packed
+runs with ``--lm_loss full`` (transformers' loss: before), the default chunked loss, ``--gradient_checkpointing``,
+glibc's ``MALLOC_MMAP_THRESHOLD_`` (freed activation blocks go back to the OS instead of fragmenting the heap),
 and twice the tokens per micro-batch. Prints the tables and writes its section of bench/RESULTS.md.
 
     python bench/bench_memory.py                      # SmolLM2-135M, packed 4 x 512, fp32, 2 threads
@@ -31,14 +32,17 @@ from bench_batching import ROOT, datasets, run_mode
 from results_file import replace_section
 
 GB = 1024**3
-GLIBC = {"DSCHAT_MMAP_THRESHOLD": "0"}  # the allocator as glibc sets it up (dschat's before)
+MMAP_1MB = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}  # glibc: every block >= 1 MB its own mapping
 RUNS = {  # name: (main.py flags, environment)
-    "before: transformers' loss, glibc's allocator": (["--packing", "--lm_loss", "full"], GLIBC),
-    "transformers' loss + freed memory to the OS": (["--packing", "--lm_loss", "full"], {}),
-    "chunked loss, glibc's allocator": (["--packing"], GLIBC),
-    "default: chunked loss + freed memory to the OS": (["--packing"], {}),
+    "transformers' loss (before)": (["--packing", "--lm_loss", "full"], {}),
+    "default: chunked loss": (["--packing"], {}),
     "default + --gradient_checkpointing": (["--packing", "--gradient_checkpointing"], {}),
-    "default, 2x tokens (micro-batch 8)": (["--packing", "--per_device_train_batch_size", "8"], {}),
+    "default + MALLOC_MMAP_THRESHOLD_=1MB": (["--packing"], MMAP_1MB),
+    "default + both": (["--packing", "--gradient_checkpointing"], MMAP_1MB),
+    "transformers' loss, 2x tokens (micro-batch 8)": (
+        ["--packing", "--lm_loss", "full", "--per_device_train_batch_size", "8"],
+        {},
+    ),
     "default + --gradient_checkpointing, 2x tokens": (
         ["--packing", "--gradient_checkpointing", "--per_device_train_batch_size", "8"],
         {},

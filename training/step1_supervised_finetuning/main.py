@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from dschat import config, run_dir
 from dschat.errors import run_cli
 from dschat.flags import parse_train_args
-from dschat.utils import checkpoint, dist, host_memory, optim, ownership, save, train
+from dschat.utils import checkpoint, dist, optim, ownership, save, train
 from dschat.utils.data.data_utils import prepare_datasets
 from dschat.utils.ds_utils import train_ds_config
 from dschat.utils.loaders import batch_shape, create_dataloaders
@@ -36,10 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     accel = dist.accelerator()
     validate_train_args(args, accel.device_name(), accel.is_fp16_supported(), accel.is_bf16_supported())
     cfg = config.from_args(args)
-    threshold = host_memory.return_freed_memory_to_os()
     device = dist.init_distributed(cfg.engine.dist_timeout)
     setup_logging()
-    logger.info("host allocator: %s", f"blocks >= {threshold} bytes mmapped" if threshold else "unchanged")
     with dist.collective_faults(cfg.engine.dist_timeout):
         train_and_save(cfg, device)
 
