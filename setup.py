@@ -40,6 +40,8 @@ setup(
         "clean": ["ftfy>=6.1", "datasketch>=2.0", "py3langid>=0.4", "xxhash>=3.0", "matplotlib>=3.5"],
         # python -m dschat.serve: the OpenAI-compatible server and its chat page.
         "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+        # bench/bench_peers.py: the side-by-side against TRL's SFTTrainer (checked: trl 1.16 with transformers 5.24).
+        "bench": ["trl>=1.16"],
     },
     package_data={"dschat.serve": ["static/*"]},  # the chat page, shipped as plain files
     entry_points={"console_scripts": ["dschat-prepare-data=dschat.prepare_data:cli"]},
