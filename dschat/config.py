@@ -19,7 +19,7 @@ from dschat.utils.data.prompts import UPSTREAM
 
 DTYPES = ("fp16", "bf16", "fp32")
 ZERO_STAGES = (0, 1, 2, 3)
-PADDING_CHOICES = ("auto", "longest", "max_length")
+PADDING_CHOICES = ("auto", "free", "longest", "max_length")
 # micro_batch: upstream (each micro-batch its own token mean, micro-batches and ranks averaged); token: every
 # loss-bearing token of an optimizer step weighs the same, however the step is cut (dschat.utils.loss_normalization).
 LOSS_NORMALIZATIONS = ("micro_batch", "token")

@@ -173,8 +173,10 @@ def add_batch_args(parser: argparse.ArgumentParser) -> None:
         "--padding",
         choices=PADDING_CHOICES,
         default="auto",
-        help="(dschat) longest: pad each batch to its longest sample (same loss and gradients, less compute); "
-        "max_length: upstream's padding to --max_seq_len; auto: longest for every model. With dropout, only "
+        help="(dschat) free: a micro-batch's samples packed into rows of up to --max_seq_len, positions "
+        "restarting and attention block-diagonal, next to no padding (same samples, loss and gradients); longest: pad each batch to its "
+        "longest sample; max_length: upstream's padding to --max_seq_len; auto: free where the model's "
+        "attention is known to take the block mask, else longest. With dropout, only "
         "max_length draws upstream's dropout masks: use it (or --pad_to_max_len) to replicate a seeded upstream "
         "run bit for bit.",
     )

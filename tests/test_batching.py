@@ -14,6 +14,7 @@ from dschat import config
 from dschat.flags import parse_train_args
 from dschat.utils.data import data_utils, prompts
 from dschat.utils.data.batching import (
+    FlatCollator,
     LengthGroupedSampler,
     PackedCollator,
     PackedDataset,
@@ -239,13 +240,42 @@ def padding(model, *flags: str) -> str:
     return resolve_padding(cfg.batch, cfg.lora, model)
 
 
-def test_auto_padding_is_dynamic_for_every_model_and_upstream_on_request(tiny_models, caplog):
+def test_auto_padding_is_flat_for_known_models_dynamic_otherwise_upstream_on_request(tiny_models, caplog):
     opt = AutoModelForCausalLM.from_pretrained(tiny_models["opt"])  # OPT: dropout 0.1
     llama = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])  # Llama: no dropout
     with caplog.at_level(logging.INFO, logger="dschat"):
-        assert padding(opt) == "longest"
+        assert padding(opt) == "free"
     assert "--pad_to_max_len reproduces a seeded upstream run" in caplog.text  # said where it matters
-    assert padding(llama) == "longest"
-    assert padding(llama, "--lora_dim", "4", "--lora_dropout", "0.1") == "longest"
+    assert padding(llama) == "free"
+    assert padding(llama, "--lora_dim", "4", "--lora_dropout", "0.1") == "free"
     assert padding(opt, "--pad_to_max_len") == "max_length"
     assert padding(llama, "--padding", "max_length") == "max_length"
+    assert padding(llama, "--padding", "longest") == "longest"
+    llama.config.model_type = "some_remote_code_model"  # attention not known to take the block mask
+    assert padding(llama) == "longest"
+
+
+@pytest.mark.parametrize("arch", ["opt", "llama", "gpt2"])
+def test_flat_micro_batches_give_padded_batches_loss(tiny_models, arch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()  # default attention: sdpa
+    dataset = random_samples([30, 7, 12, 25, 5, 18], seed=4, vocab=290)
+    items = [dataset[i] for i in range(len(dataset))]
+    flat = FlatCollator(PackedCollator(pad_token_id=2), max_seq_len=32)(items)
+    padded = SFTCollator(2, 32, pad_to_max_len=False)(items)
+    flat.pop(REAL_TOKENS), padded.pop(REAL_TOKENS)
+    with torch.no_grad():
+        assert model(**flat).loss.item() == pytest.approx(model(**padded).loss.item(), rel=1e-5)
+
+
+def test_flat_micro_batches_hold_the_same_samples_in_rows_of_at_most_max_seq_len():
+    dataset = random_samples([30, 7, 12, 25, 5, 18], seed=4)
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = FlatCollator(PackedCollator(pad_token_id=0), max_seq_len=32)(items)
+    padded = SFTCollator(0, 32, pad_to_max_len=False)(items)
+    assert batch["input_ids"].shape[1] <= 32 and batch["input_ids"].shape[0] == 4  # 97 tokens in 4 rows
+    assert int(batch[REAL_TOKENS]) == int(padded[REAL_TOKENS]) == 97
+    assert batch["input_ids"].numel() < padded["input_ids"].numel()
+    # The same targets: every sample's tokens after its first, wherever its row put it.
+    flat_targets = sorted(batch["labels"][:, 1:][batch["labels"][:, 1:] != IGNORE_INDEX].tolist())
+    padded_targets = sorted(padded["labels"][:, 1:][padded["labels"][:, 1:] != IGNORE_INDEX].tolist())
+    assert flat_targets == padded_targets

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from dschat.config import BatchConfig, LoraConfig, TrainConfig
 from dschat.errors import DschatError
 from dschat.utils import dist
-from dschat.utils.data.batching import LengthGroupedSampler, PackedCollator, PackedDataset
+from dschat.utils.data.batching import FlatCollator, LengthGroupedSampler, PackedCollator, PackedDataset
 from dschat.utils.data.collate import SFTCollator
 from dschat.utils.model.model_utils import TORCH_DTYPES, position_limit
 from dschat.utils.model.patches import active_dropout
@@ -21,15 +21,24 @@ logger = logging.getLogger(__name__)
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 
 
-def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
-    """``max_length`` (upstream's tensors) or ``longest`` (dynamic); ``auto`` is dynamic for every model.
+# Model types whose attention takes a 4-D block mask with restarted positions (the packed path; tested on
+# OPT, Llama and GPT-2, the others share transformers' masking code): ``auto`` lays their batches out flat.
+FLAT_MODEL_TYPES = frozenset(
+    "gemma gpt2 llama mistral olmo olmo2 opt phi phi3 qwen2 qwen3 smollm3 stablelm starcoder2".split()
+)
 
-    Dynamic padding gives the same loss and gradients with less compute. The one thing it changes is which
-    random numbers dropout draws (its masks cover the whole padded tensor), so with dropout on, a seeded run
+
+def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
+    """``max_length`` (upstream's tensors), ``longest`` (dynamic) or ``free`` (one flat row per micro-batch);
+    ``auto`` is ``free`` for the model types above, ``longest`` for the rest.
+
+    Dynamic and flat batches give the same loss and gradients with less compute. The one thing they change is
+    which random numbers dropout draws (its masks cover the whole tensor), so with dropout on, a seeded run
     matches a seeded upstream run step for step only with upstream's shapes: ``--pad_to_max_len``.
     """
     if batch.padding != "auto":
         return batch.padding
+    flat = getattr(model.config, "model_type", None) in FLAT_MODEL_TYPES
     dropout = active_dropout(model)
     if lora.enabled and lora.lora_dropout > 0:
         dropout.append(f"lora_dropout={lora.lora_dropout}")
@@ -39,6 +48,9 @@ def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
         if dropout
         else ""
     )
+    if flat:
+        logger.info("padding=free (auto: each micro-batch in one row, no padding, the same maths%s)", note)
+        return "free"
     logger.info("padding=longest (auto: dynamic padding, the same maths with less compute%s)", note)
     return "longest"
 
@@ -92,11 +104,15 @@ def create_dataloaders(train_dataset, eval_dataset, tokenizer, model, cfg: Train
         train_on_prompt=data.train_on_prompt,
     )
     train_collator = collator
+    varlen = getattr(model.config, "_attn_implementation", None) in VARLEN_ATTENTION
+    packed_collator = PackedCollator(
+        tokenizer.pad_token_id, data.train_on_prompt, varlen, TORCH_DTYPES[cfg.engine.dtype]
+    )
+    if padding == "free" and not batch.packing:
+        train_collator = FlatCollator(packed_collator, data.max_seq_len)
     if batch.packing:
         train_dataset = PackedDataset(train_dataset, data.max_seq_len, data.seed)
-        varlen = getattr(model.config, "_attn_implementation", None) in VARLEN_ATTENTION
-        mask_dtype = TORCH_DTYPES[cfg.engine.dtype]
-        train_collator = PackedCollator(tokenizer.pad_token_id, data.train_on_prompt, varlen, mask_dtype)
+        train_collator = packed_collator
         logger.info(
             "packing: %d samples in %d rows of up to %d tokens (best-fit decreasing, %.1f%% full)",
             len(train_dataset.dataset),

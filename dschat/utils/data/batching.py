@@ -104,12 +104,16 @@ class PackedDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        items = [self.dataset[i] for i in self.rows[index]]
-        return {
-            "input_ids": torch.cat([item["input_ids"] for item in items]),
-            "answer_mask": torch.cat([item["answer_mask"] for item in items]),
-            "seq_lens": torch.tensor([len(item["input_ids"]) for item in items]),
-        }
+        return concat_samples([self.dataset[i] for i in self.rows[index]])
+
+
+def concat_samples(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One packed row: the samples' tokens end to end, ``seq_lens`` keeping their boundaries."""
+    return {
+        "input_ids": torch.cat([item["input_ids"] for item in items]),
+        "answer_mask": torch.cat([item["answer_mask"] for item in items]),
+        "seq_lens": torch.tensor([len(item["input_ids"]) for item in items]),
+    }
 
 
 class PackedCollator:
@@ -169,3 +173,20 @@ class PackedCollator:
             mask = torch.zeros(allowed.shape, dtype=self.mask_dtype)
             out["attention_mask"] = mask.masked_fill(~allowed, torch.finfo(self.mask_dtype).min)
         return out
+
+
+class FlatCollator:
+    """--padding free: a micro-batch's samples packed into as few rows of up to ``max_seq_len`` as fit them.
+
+    The rows are collated as packed ones (positions restart per sample, attention block-diagonal, each sample's
+    first token unlabelled), so the micro-batch holds the same samples, targets and token-mean loss as with
+    padding: only the layout differs, and little compute is spent on pad tokens. Rows never exceed
+    ``max_seq_len``, so attention costs no more than in a padded batch."""
+
+    def __init__(self, packed: PackedCollator, max_seq_len: int):
+        self.packed, self.max_seq_len = packed, max_seq_len
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        lengths = np.array([len(item["input_ids"]) for item in items])
+        rows = pack_rows(lengths, self.max_seq_len)
+        return self.packed([concat_samples([items[i] for i in row]) for row in rows])
