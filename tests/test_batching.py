@@ -18,6 +18,7 @@ from dschat.utils.data.batching import (
     LengthGroupedSampler,
     PackedCollator,
     PackedDataset,
+    balanced_rows,
     pack_rows,
     pack_windows,
 )
@@ -267,12 +268,24 @@ def test_flat_micro_batches_give_padded_batches_loss(tiny_models, arch):
         assert model(**flat).loss.item() == pytest.approx(model(**padded).loss.item(), rel=1e-5)
 
 
+def test_balanced_rows_are_few_even_and_never_overflow():
+    lengths = np.random.RandomState(2).randint(1, 200, size=40)
+    rows = balanced_rows(lengths, 512)
+    assert sorted(i for row in rows for i in row) == list(range(40))
+    widths = [int(lengths[row].sum()) for row in rows]
+    assert max(widths) <= 512 and len(rows) <= int(np.ceil(lengths.sum() / 512)) + 1
+    assert max(widths) - min(widths) < lengths.max()  # even: no row is a nearly empty remainder
+    assert balanced_rows(np.array([500, 480, 20]), 512) == [[0], [1, 2]]
+    assert len(balanced_rows(np.array([500, 500, 20]), 512)) == 3  # 20 fits beside neither 500
+
+
 def test_flat_micro_batches_hold_the_same_samples_in_rows_of_at_most_max_seq_len():
     dataset = random_samples([30, 7, 12, 25, 5, 18], seed=4)
     items = [dataset[i] for i in range(len(dataset))]
     batch = FlatCollator(PackedCollator(pad_token_id=0), max_seq_len=32)(items)
     padded = SFTCollator(0, 32, pad_to_max_len=False)(items)
-    assert batch["input_ids"].shape[1] <= 32 and batch["input_ids"].shape[0] == 4  # 97 tokens in 4 rows
+    # 97 tokens in 4 rows (30 | 25 | 18 + 5 | 12 + 7): the batch is as wide as its longest sample
+    assert tuple(batch["input_ids"].shape) == (4, 30)
     assert int(batch[REAL_TOKENS]) == int(padded[REAL_TOKENS]) == 97
     assert batch["input_ids"].numel() < padded["input_ids"].numel()
     # The same targets: every sample's tokens after its first, wherever its row put it.

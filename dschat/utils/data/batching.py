@@ -176,7 +176,7 @@ class PackedCollator:
 
 
 class FlatCollator:
-    """--padding free: a micro-batch's samples packed into as few rows of up to ``max_seq_len`` as fit them.
+    """--padding free: a micro-batch's samples packed into as few, evenly filled rows of up to ``max_seq_len``.
 
     The rows are collated as packed ones (positions restart per sample, attention block-diagonal, each sample's
     first token unlabelled), so the micro-batch holds the same samples, targets and token-mean loss as with
@@ -188,5 +188,23 @@ class FlatCollator:
 
     def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         lengths = np.array([len(item["input_ids"]) for item in items])
-        rows = pack_rows(lengths, self.max_seq_len)
+        rows = balanced_rows(lengths, self.max_seq_len)
         return self.packed([concat_samples([items[i] for i in row]) for row in rows])
+
+
+def balanced_rows(lengths: np.ndarray, max_seq_len: int) -> list[list[int]]:
+    """As few rows of up to ``max_seq_len`` as hold every sample, filled evenly: longest first, each into the
+    emptiest row, so the widest row (the batch's width, which the others are padded to) is as short as can be.
+    One more row whenever a sample fits nowhere."""
+    count = max(1, math.ceil(int(lengths.sum()) / max_seq_len))
+    while True:
+        rows, used = [[] for _ in range(count)], [0] * count
+        for index in np.argsort(-lengths, kind="stable").tolist():
+            emptiest = min(range(count), key=used.__getitem__)
+            if used[emptiest] + lengths[index] > max_seq_len and used[emptiest] > 0:
+                break
+            rows[emptiest].append(index)
+            used[emptiest] += int(lengths[index])
+        else:
+            return [row for row in rows if row]
+        count += 1
