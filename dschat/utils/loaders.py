@@ -29,7 +29,8 @@ FLAT_MODEL_TYPES = frozenset(
 
 
 def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
-    """``max_length`` (upstream's tensors), ``longest`` (dynamic) or ``free`` (one flat row per micro-batch);
+    """``max_length`` (upstream's tensors), ``longest`` (dynamic) or ``free`` (each micro-batch's samples packed
+    into rows of up to --max_seq_len);
     ``auto`` is ``free`` for the model types above, ``longest`` for the rest.
 
     Dynamic and flat batches give the same loss and gradients with less compute. The one thing they change is
@@ -49,7 +50,10 @@ def resolve_padding(batch: BatchConfig, lora: LoraConfig, model) -> str:
         else ""
     )
     if flat:
-        logger.info("padding=free (auto: each micro-batch in one row, no padding, the same maths%s)", note)
+        logger.info(
+            "padding=free (auto: each micro-batch packed into rows, next to no padding, the same maths%s)",
+            note,
+        )
         return "free"
     logger.info("padding=longest (auto: dynamic padding, the same maths with less compute%s)", note)
     return "longest"
