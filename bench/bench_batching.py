@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,9 +26,8 @@ from pathlib import Path
 
 import torch
 from results_file import replace_section
+from worker import ROOT, SCRIPT, read_peaks
 
-ROOT = Path(__file__).resolve().parents[1]
-MAIN = ROOT / "training" / "step1_supervised_finetuning" / "main.py"
 MODES = {
     "upstream (pad to max)": ["--pad_to_max_len"],
     "dynamic padding": ["--padding", "longest"],
@@ -110,32 +108,6 @@ def matmul_peak_flops(threads: int, size: int = 2048, repeats: int = 5) -> float
     return best
 
 
-def run_worker(main_argv: list[str]) -> None:
-    """Run main.py in this process, then report its peak RSS on the last line."""
-    import importlib.util
-
-    from dschat.errors import run_cli
-
-    spec = importlib.util.spec_from_file_location("step1_main", MAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    code = run_cli(module.main, main_argv)
-    print(f"PEAK_RSS_KB={peak_rss_kb()}", flush=True)
-    sys.exit(code)
-
-
-def peak_rss_kb() -> int:
-    """This process's peak RSS. VmHWM where Linux has it: ru_maxrss survives exec, so a worker started by a big
-    parent would report at least the parent's RSS at the fork."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def run_mode(args, model: str, data: Path, flags: list[str], out: Path) -> dict:
     argv = [
         "--model_name_or_path",
@@ -172,12 +144,10 @@ def run_mode(args, model: str, data: Path, flags: list[str], out: Path) -> dict:
         *flags,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", *argv], env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, str(SCRIPT), *argv], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({flags}):\n{proc.stderr[-3000:]}")
-    peak_kb = int(proc.stdout.strip().splitlines()[-1].split("=")[1])
+    peak_kb = read_peaks(proc.stdout)["rss_kb"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # drop warm-up
     seconds = sum(r["time"] for r in rows)
     return {
@@ -203,8 +173,6 @@ def count_params(model: str) -> int:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--worker"]:  # main.py's flags follow, untouched by this script's parser
-        run_worker(sys.argv[2:])
     args, _ = parse_args()
     if args.model is None:
         from dschat.default_model import default_model_dir

@@ -208,12 +208,6 @@ def format_breakdown(parts: list[dict], rows: int, width: int) -> list[str]:
 
 
 def main() -> None:
-    import sys
-
-    if sys.argv[1:2] == ["--worker"]:
-        from bench_batching import run_worker
-
-        run_worker(sys.argv[2:])
     args = parse_args()
     torch.set_num_threads(args.threads)
     if args.model is None:

@@ -31,9 +31,10 @@ import time
 from pathlib import Path
 
 import torch
-from bench_batching import ROOT, count_params, datasets, matmul_peak_flops, peak_rss_kb, run_mode
+from bench_batching import count_params, datasets, matmul_peak_flops, run_mode
 from results_file import replace_section
 from transformers import TrainerCallback
+from worker import ROOT, peak_rss_kb, read_peaks, report_peaks
 
 from dschat.utils.loss_normalization import count_targets
 from dschat.utils.optim import ADAM_BETAS, ADAM_EPS
@@ -271,7 +272,7 @@ def run_trl_worker(spec_path: str) -> None:
         trl_ids = list(trainer.train_dataset["input_ids"])
         summary["tokens"] = token_check(trl_ids, dschat_train_ids(spec, tokenizer))
     (out / "summary.json").write_text(json.dumps(summary))
-    print(f"PEAK_RSS_KB={peak_kb}", flush=True)
+    report_peaks(rss_kb=peak_kb)
 
 
 def run_trl(args, config: str, data: Path, out: Path) -> dict:
@@ -294,7 +295,7 @@ def run_trl(args, config: str, data: Path, out: Path) -> dict:
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{config} failed:\n{proc.stderr[-3000:]}")
-    peak_kb = int(proc.stdout.strip().splitlines()[-1].split("=")[1])
+    peak_kb = read_peaks(proc.stdout)["rss_kb"]
     return {"peak_rss_gb": peak_kb / 1024**2, **json.loads((out / "summary.json").read_text())}
 
 
