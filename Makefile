@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: test demo install lint browser
+.PHONY: test demo install lint browser gpu-packages
 
 $(VENV)/.installed: setup.py requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,3 +38,7 @@ browser:
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
+
+# bench/gpu_check.sh's packages for a GPU machine that reaches no index (needs PyPI here, and the demo's tokenizer).
+gpu-packages: $(VENV)/.demo-installed
+	PY=$(PY) bash bench/gpu_packages.sh
