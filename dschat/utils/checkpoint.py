@@ -308,6 +308,11 @@ def load_checkpoint(engine, point: reshape.ResumePoint, shape: dict) -> TrainSta
     tag = os.path.basename(path)
     loaded, _ = engine.load_checkpoint(point.load_dir if point.universal else os.path.dirname(path), tag=tag)
     point.done()
+    if point.universal and (shared := reshape.untie_optimizer_steps(engine)):
+        logger.info(
+            "gave %d optimizer states their own step counter (DeepSpeed's ZeRO-3 universal load shares one)",
+            shared,
+        )
     if loaded is None:
         raise DschatError(
             f"DeepSpeed could not load the checkpoint {path}: it is incomplete or from another run"

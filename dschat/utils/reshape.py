@@ -1,8 +1,8 @@
-"""Resuming on another cluster shape: more or fewer ranks and their micro-batch, ZeRO 1 <-> 2.
+"""Resuming on another cluster shape: more or fewer ranks and their micro-batch, ZeRO 1 <-> 2, ZeRO-3 as ZeRO-3.
 
 The maths depends on the global batch (micro-batch x accumulation x ranks), which a resume must keep; how it is
 cut over ranks is the "shape" (the accumulation stays: metrics and the data position count micro-steps).
-DeepSpeed shards the optimizer state by rank under ZeRO 1-2, so another shape loads a DeepSpeed universal
+DeepSpeed shards the optimizer state by rank under ZeRO 1-3, so another shape loads a DeepSpeed universal
 checkpoint, converted from the verified one by DeepSpeed's own ``ds_to_universal`` (rank 0,
 once, in a temporary directory removed after loading). A ZeRO-0 checkpoint holds the whole state in one file:
 any number of ranks loads it directly. The data position carries over in global samples: DistributedSampler
@@ -25,11 +25,10 @@ from dschat.utils import atomic, dist
 logger = logging.getLogger(__name__)
 
 # Stages whose checkpoints load into one another on another shape, as DeepSpeed 0.19.8 does it: ZeRO-0 holds the
-# whole state in one file (no conversion); ds_to_universal of a ZeRO 1-2 checkpoint loads into ZeRO 1-2 exactly.
-# Not ZeRO-3: its universal loader wants files only a ZeRO-3 source has, and from a 2-rank ZeRO-3 source the
-# resumed steps drift from an uninterrupted run (1e-3 in the loss two steps on): the optimizer state is not
-# restored exactly, so dschat refuses rather than train on wrong state.
-CONVERTIBLE = ((0,), (1, 2))
+# whole state in one file (no conversion); ds_to_universal of a ZeRO 1-2 checkpoint loads into ZeRO 1-2 exactly,
+# of a ZeRO-3 one into ZeRO-3 (with its shared step counter untied, below). Not between ZeRO 1-2 and ZeRO-3:
+# each stage's universal loader reads a global optimizer file and model files only its own stage writes.
+CONVERTIBLE = ((0,), (1, 2), (3,))
 
 
 @dataclass
@@ -66,7 +65,8 @@ def reshape_problem(saved: dict, now: dict, group_by_length: bool) -> str | None
         return None
     return (
         f"a ZeRO-{stages[0]} checkpoint cannot be loaded as ZeRO-{stages[1]} on another shape: DeepSpeed 0.19.8 "
-        "restores another shape's optimizer state exactly for ZeRO 0 (as it is) and between ZeRO 1 and 2 only"
+        "restores another shape's optimizer state exactly for ZeRO 0 (as it is), between ZeRO 1 and 2, and ZeRO-3 "
+        "into ZeRO-3"
     )
 
 
@@ -126,6 +126,30 @@ def convert_to_universal(path: str) -> str:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise DschatError(f"DeepSpeed's ds_to_universal could not convert {path}: {last}")
     return holder
+
+
+def untie_optimizer_steps(engine) -> int:
+    """Give each parameter's optimizer state its own ``step`` tensor; returns how many were shared.
+
+    DeepSpeed 0.19.8's ZeRO-3 universal load (``load_hp_checkpoint_state_from_checkpoint_dir_stage3``) stores
+    one and the same ``step`` tensor in the state of every ZeRO-3 sub-group. torch's Adam adds 1 to it in
+    place per sub-group, so after the first resumed update the count has run ahead by the number of sub-groups
+    and every later update uses the wrong bias correction (measured: the loss 1e-3 off two steps after
+    resume). Optimizers that count in Python ints or per parameter group are untouched.
+    """
+    import torch
+
+    optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    seen, shared = set(), 0
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if not torch.is_tensor(step):
+            continue
+        if id(step) in seen:
+            state["step"] = step.clone()
+            shared += 1
+        seen.add(id(step))
+    return shared
 
 
 def rescale(counter: int, saved: dict, now: dict, what: str) -> int:
