@@ -1,5 +1,5 @@
 """Resume on another cluster shape: a checkpoint of 2 ranks resumed by 1 (and 1 by 2), ZeRO 0 as it is, ZeRO 1-2
-and ZeRO-3 through DeepSpeed's universal checkpoint, with the per-step losses of an uninterrupted run of the same global
+and ZeRO-3 (and from one to the other) through DeepSpeed's universal checkpoint, with the per-step losses of an uninterrupted run of the same global
 batch; what DeepSpeed cannot convert is one clear line."""
 
 from __future__ import annotations
@@ -74,10 +74,16 @@ def losses(out: Path) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "zero, lora", [(0, ()), (2, ()), (3, ()), (3, ("--lora_dim", "4", "--only_optimize_lora"))]
+    "zero, lora, stages",
+    [
+        (0, (), [0]),
+        (2, (), [2, 1, 3]),  # ZeRO 1 <-> 2 load the same conversion; ZeRO-3 through universal_bridge
+        (3, (), [3, 2]),
+        (3, ("--lora_dim", "4", "--only_optimize_lora"), [3]),
+    ],
 )
 def test_two_ranks_resumed_by_one_match_an_uninterrupted_run(
-    tmp_path, tiny_models, equal_data, dist_env, zero, lora
+    tmp_path, tiny_models, equal_data, dist_env, zero, lora, stages
 ):
     model = tiny_models["opt8"]
     whole = tmp_path / "whole"
@@ -90,11 +96,9 @@ def test_two_ranks_resumed_by_one_match_an_uninterrupted_run(
     first = ("--max_steps", "3", "--save_interval", "3", *lora)
     two_ranks(model, equal_data, moved, GLOBAL_BATCH // 2, zero, *first)
     (moved / "config.json").unlink()
-    ones = [(zero, moved)]
-    if zero == 2:  # ZeRO 1 <-> 2 converts the same way
-        shutil.copytree(moved, tmp_path / "moved-z1")
-        ones.append((1, tmp_path / "moved-z1"))
-    for stage, out in ones:
+    for stage in stages:
+        out = tmp_path / f"moved-z{stage}"
+        shutil.copytree(moved, out)
         resumed = flags(model, equal_data, out, GLOBAL_BATCH, stage, "--max_steps", "6", "--resume", *lora)
         assert run_cli(step1.main, resumed) == 0
         assert losses(out) == pytest.approx(losses(whole), abs=2e-5), stage
@@ -143,12 +147,12 @@ def test_every_sample_is_used_once_across_a_shape_change():
 
 def test_what_deepspeed_cannot_convert_is_one_clear_line():
     shape = {"world_size": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
-    to_three = ({**shape, "zero_stage": 2}, {**shape, "world_size": 1, "zero_stage": 3})
-    with pytest.raises(DschatError, match="ZeRO-2 checkpoint cannot be loaded as ZeRO-3.*--zero_stage 2"):
-        reshape.plan("ckpt", *to_three, group_by_length=False, ds_config={})
-    from_three = ({**shape, "zero_stage": 3}, {**shape, "world_size": 1, "zero_stage": 2})
-    with pytest.raises(DschatError, match="ZeRO-3 checkpoint cannot be loaded as ZeRO-2.*--zero_stage 3"):
-        reshape.plan("ckpt", *from_three, group_by_length=False, ds_config={})
+    from_zero0 = ({**shape, "zero_stage": 0}, {**shape, "world_size": 1, "zero_stage": 3})
+    with pytest.raises(DschatError, match="ZeRO-0 checkpoint cannot be loaded as ZeRO-3.*--zero_stage 0"):
+        reshape.plan("ckpt", *from_zero0, group_by_length=False, ds_config={})
+    to_zero0 = ({**shape, "zero_stage": 2}, {**shape, "world_size": 1, "zero_stage": 0})
+    with pytest.raises(DschatError, match="ZeRO-2 checkpoint cannot be loaded as ZeRO-0.*--zero_stage 2"):
+        reshape.plan("ckpt", *to_zero0, group_by_length=False, ds_config={})
     with pytest.raises(DschatError, match="group_by_length"):
         reshape.plan(
             "ckpt", {**shape, "zero_stage": 0}, {**shape, "world_size": 1, "zero_stage": 0}, True, {}

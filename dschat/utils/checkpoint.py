@@ -288,7 +288,7 @@ def prepare_resume(
     path: str | None, fingerprint: dict, shape: dict, group_by_length: bool, ds_config: dict
 ) -> reshape.ResumePoint | None:
     """Before the engine exists: refuse a run whose settings differ, and plan loading into this shape (a
-    universal conversion, with ``ds_config`` set to load it, when the ranks or ZeRO 1-2 sharding differ)."""
+    universal conversion, with ``ds_config`` set to load it, when the ranks or the ZeRO stage among 1-3 differ)."""
     if path is None:
         return None
     saved = read_state(path)

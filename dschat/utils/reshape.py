@@ -1,4 +1,4 @@
-"""Resuming on another cluster shape: more or fewer ranks and their micro-batch, ZeRO 1 <-> 2, ZeRO-3 as ZeRO-3.
+"""Resuming on another cluster shape: more or fewer ranks and their micro-batch, another ZeRO stage among 1-3.
 
 The maths depends on the global batch (micro-batch x accumulation x ranks), which a resume must keep; how it is
 cut over ranks is the "shape" (the accumulation stays: metrics and the data position count micro-steps).
@@ -20,15 +20,15 @@ import sys
 from dataclasses import dataclass
 
 from dschat.errors import DschatError
-from dschat.utils import atomic, dist
+from dschat.utils import atomic, dist, universal_bridge
 
 logger = logging.getLogger(__name__)
 
-# Stages whose checkpoints load into one another on another shape, as DeepSpeed 0.19.8 does it: ZeRO-0 holds the
-# whole state in one file (no conversion); ds_to_universal of a ZeRO 1-2 checkpoint loads into ZeRO 1-2 exactly,
-# of a ZeRO-3 one into ZeRO-3 (with its shared step counter untied, below). Not between ZeRO 1-2 and ZeRO-3:
-# each stage's universal loader reads a global optimizer file and model files only its own stage writes.
-CONVERTIBLE = ((0,), (1, 2), (3,))
+# Stages whose checkpoints load into one another on another shape: ZeRO-0 holds the whole state in one file (no
+# conversion); ds_to_universal of a ZeRO 1-3 checkpoint loads into ZeRO 1-3, between ZeRO 1-2 and ZeRO-3 with
+# the files the other stage's loader reads added (universal_bridge), into ZeRO-3 with its shared step counter
+# untied (below).
+CONVERTIBLE = ((0,), (1, 2, 3))
 
 
 @dataclass
@@ -65,8 +65,7 @@ def reshape_problem(saved: dict, now: dict, group_by_length: bool) -> str | None
         return None
     return (
         f"a ZeRO-{stages[0]} checkpoint cannot be loaded as ZeRO-{stages[1]} on another shape: DeepSpeed 0.19.8 "
-        "restores another shape's optimizer state exactly for ZeRO 0 (as it is), between ZeRO 1 and 2, and ZeRO-3 "
-        "into ZeRO-3"
+        "restores another shape's optimizer state exactly for ZeRO 0 (as it is) and among ZeRO 1, 2 and 3"
     )
 
 
@@ -94,7 +93,7 @@ def plan(path: str | None, saved_shape: dict | None, now: dict, group_by_length:
     if saved_shape["zero_stage"] == 0:  # one file holds the whole state: every rank loads it as it is
         return ResumePoint(path, path, saved_shape)
     ds_config.setdefault("checkpoint", {})["load_universal"] = True
-    load_dir = dist.decided_by_rank0(convert_to_universal, path)
+    load_dir = dist.decided_by_rank0(convert_to_universal, path, saved_shape["zero_stage"], now["zero_stage"])
     return ResumePoint(path, load_dir, saved_shape, universal=True)
 
 
@@ -105,8 +104,9 @@ def describe(shape: dict) -> str:
     )
 
 
-def convert_to_universal(path: str) -> str:
-    """DeepSpeed's ds_to_universal of a verified checkpoint, into a fresh temporary directory beside it."""
+def convert_to_universal(path: str, source_stage: int, target_stage: int) -> str:
+    """DeepSpeed's ds_to_universal of a verified checkpoint, into a fresh temporary directory beside it, made
+    loadable by ``target_stage``."""
     root, tag = os.path.split(path)
     # load_checkpoint(dir, tag) reads dir/tag: the conversion goes to <temporary dir>/<tag>
     holder = os.path.join(root, f"{atomic.TEMP_PREFIX}universal-{tag}-{os.getpid()}")
@@ -125,6 +125,7 @@ def convert_to_universal(path: str) -> str:
         shutil.rmtree(holder, ignore_errors=True)
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise DschatError(f"DeepSpeed's ds_to_universal could not convert {path}: {last}")
+    universal_bridge.bridge(os.path.join(holder, tag), source_stage, target_stage)
     return holder
 
 
