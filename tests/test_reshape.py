@@ -48,15 +48,10 @@ def flags(model, data, out, micro: int, zero: int, *extra) -> list[str]:
     ]
 
 
-def two_ranks(model, data, out, micro: int, zero: int, *extra) -> None:
+def launch(world: int, model, data, out, micro: int, zero: int, *extra) -> None:
+    """main.py on ``world`` CPU ranks through DeepSpeed's launcher."""
     env = scripts.process_env()
-    launcher = [
-        scripts.DEEPSPEED,
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-    ]
+    launcher = [scripts.DEEPSPEED, "--num_gpus", str(world), "--master_port", str(free_port())]
     result = subprocess.run(
         [*launcher, str(scripts.MAIN), *flags(model, data, out, micro, zero, *extra)],
         env=env,
@@ -94,7 +89,7 @@ def test_two_ranks_resumed_by_one_match_an_uninterrupted_run(
 
     moved = tmp_path / "moved"
     first = ("--max_steps", "3", "--save_interval", "3", *lora)
-    two_ranks(model, equal_data, moved, GLOBAL_BATCH // 2, zero, *first)
+    launch(2, model, equal_data, moved, GLOBAL_BATCH // 2, zero, *first)
     (moved / "config.json").unlink()
     for stage in stages:
         out = tmp_path / f"moved-z{stage}"
@@ -117,8 +112,20 @@ def test_one_rank_resumed_by_two(tmp_path, tiny_models, equal_data, dist_env, ze
     first = flags(model, equal_data, grown, GLOBAL_BATCH, zero, "--max_steps", "3", "--save_interval", "3")
     assert run_cli(step1.main, first) == 0
     (grown / "config.json").unlink()
-    two_ranks(model, equal_data, grown, GLOBAL_BATCH // 2, zero, "--max_steps", "6", "--resume")
+    launch(2, model, equal_data, grown, GLOBAL_BATCH // 2, zero, "--max_steps", "6", "--resume")
     assert losses(grown) == pytest.approx(losses(whole), abs=2e-5)
+
+
+@pytest.mark.slow
+def test_two_ranks_of_zero2_resumed_by_four_of_zero3(tmp_path, tiny_models, equal_data, dist_env):
+    model = tiny_models["opt8"]
+    whole = tmp_path / "whole"
+    assert run_cli(step1.main, flags(model, equal_data, whole, GLOBAL_BATCH, 2, "--max_steps", "6")) == 0
+    out = tmp_path / "out"
+    launch(2, model, equal_data, out, GLOBAL_BATCH // 2, 2, "--max_steps", "3", "--save_interval", "3")
+    (out / "config.json").unlink()
+    launch(4, model, equal_data, out, GLOBAL_BATCH // 4, 3, "--max_steps", "6", "--resume")
+    assert losses(out) == pytest.approx(losses(whole), abs=2e-5)
 
 
 def test_every_sample_is_used_once_across_a_shape_change():
