@@ -198,6 +198,40 @@ def test_accelerator_uses_fused_adam_in_adamw_mode(monkeypatch):
     assert optimizer.kwargs == {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-8, "adam_w_mode": True}
 
 
+def test_without_a_cuda_compiler_the_accelerator_gets_torchs_fused_adamw_with_the_same_update(
+    monkeypatch, caplog
+):
+    class FakeAccelerator:
+        def device_name(self):
+            return "cuda"
+
+    def no_nvcc(*args, **kwargs):
+        raise RuntimeError("Error building extension 'fused_adam'\nnvcc: not found")
+
+    monkeypatch.setattr(optim, "get_accelerator", FakeAccelerator)
+    monkeypatch.setattr(optim, "FusedAdam", no_nvcc)
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3), torch.randn(4)]
+    fused = [nn.Parameter(w.clone()) for w in weights]
+    plain = [nn.Parameter(w.clone()) for w in weights]
+    with caplog.at_level(logging.WARNING, logger="dschat.utils.optim"):
+        optimizer = create_optimizer(
+            [{"params": fused, "weight_decay": 0.1}], learning_rate=1e-2, offload=False
+        )
+    assert "FusedAdam could not be built (nvcc: not found): using torch's fused AdamW" in caplog.text
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    reference = torch.optim.AdamW(
+        [{"params": plain, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95), eps=1e-8
+    )
+    for _ in range(3):
+        for params, opt in ((fused, optimizer), (plain, reference)):
+            opt.zero_grad()
+            sum((p * p).sum() for p in params).backward()
+            opt.step()
+    for a, b in zip(fused, plain):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("micro", "gas", "epochs", "expected"),
     [(10, 1, 1, 10), (10, 3, 2, 8), (9, 3, 1, 3), (1, 4, 3, 3), (460, 1, 16, 7360)],

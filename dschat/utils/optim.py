@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
 from collections.abc import Sequence
 
 import torch
@@ -71,9 +72,7 @@ def create_optimizer(param_groups: list[dict], learning_rate: float, offload: bo
             param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, adamw_mode=True
         )
     elif get_accelerator().device_name() != "cpu":
-        optimizer = FusedAdam(
-            param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, adam_w_mode=True
-        )
+        optimizer = fused_adam(param_groups, learning_rate)
     else:
         # Upstream would JIT-build FusedAdam's CPU op here; torch's AdamW computes the same update.
         optimizer = torch.optim.AdamW(
@@ -84,6 +83,19 @@ def create_optimizer(param_groups: list[dict], learning_rate: float, offload: bo
         rates = "".join(f"lora_lr={rate:g}" for rate in own_rates) + " (only LoRA parameters train)"
     logger.info("optimizer=%s %s betas=%s eps=%g", type(optimizer).__name__, rates, ADAM_BETAS, ADAM_EPS)
     return optimizer
+
+
+def fused_adam(param_groups: list[dict], learning_rate: float) -> torch.optim.Optimizer:
+    """DeepSpeed's FusedAdam, JIT-built on first use; torch's fused AdamW (the same update) where it cannot be
+    built (no CUDA compiler or ninja on the machine: upstream stops there)."""
+    try:
+        return FusedAdam(param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, adam_w_mode=True)
+    except (RuntimeError, OSError, ImportError, subprocess.CalledProcessError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        logger.warning(
+            "FusedAdam could not be built (%s): using torch's fused AdamW, the same update", reason
+        )
+        return torch.optim.AdamW(param_groups, lr=learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
 
 
 def num_update_steps(
