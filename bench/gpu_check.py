@@ -30,11 +30,20 @@ from pathlib import Path
 import gpu_cases
 import gpu_checks
 from bench_batching import datasets
-from gpu_report import environment, format_report
+from gpu_report import PACKAGES, environment, format_report, version
 from worker import SCRIPT, read_peaks
 
 ROOT = gpu_cases.ROOT
 QUESTIONS = "What is a telescope?\nName three primary colours.\n"
+REQUIRED_MODULES = (
+    "torch",
+    "deepspeed",
+    "transformers",
+    "datasets",
+    "peft",
+    "sacrebleu",
+    "dschat.utils.train",
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +65,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    preflight()
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(tmp)
         env = environment(profile)
@@ -63,39 +73,59 @@ def main(argv=None) -> int:
             f"{profile.name} profile on {env['device']}; peak {env['peak_tflops']:.1f} TFLOP/s ({env['peak_dtype']})"
         )
         models = gpu_cases.build_models(profile, work / "models", Path(args.tokenizer))
-        shapes = models_shape(models)
+        results = {"profile": profile.name, "models": models_shape(models), "environment": env}
+        results.update(runs=[], tools=[], checks=[], seconds=0.0)
         data = dict(zip(("demo", "long-tail"), datasets(work / "data").values()))
-        builds = prebuild_ops(profile, work)
+        env["op_builds_s"] = prebuild_ops(profile, work)
+        # Each phase's results are written as soon as it ends: a run cut short by a time limit keeps them.
         functional = run_all(
             profile, gpu_cases.functional_runs(profile), models, data, work, profile.concurrency
         )
-        measured = []
+        results["runs"], results["checks"] = functional, gpu_checks.functional_checks(profile, functional)
+        write_outputs(out, results, started)
         if not args.skip_measurements:
             measured = run_all(profile, gpu_cases.measurement_runs(profile), models, data, work, 1)
-        tools = run_tools(profile, functional, data["demo"], work)
-        checks = gpu_checks.all_checks(profile, functional, measured, tools)
-        results = {
-            "profile": profile.name,
-            "models": shapes,
-            "environment": {**env, "op_builds_s": builds},
-            "runs": functional + measured,
-            "tools": tools,
-            "checks": checks,
-            "seconds": round(time.time() - started, 1),
-        }
-        write_logs(out / "log.txt", functional + measured, tools)
-    report = format_report(results)
-    (out / "RESULTS_GPU.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(strip_logs(results), indent=1))
+            results["runs"] = functional + measured
+            results["checks"] += [gpu_checks.finite(run) for run in measured]
+            write_outputs(out, results, started)
+        results["tools"] = run_tools(profile, functional, data["demo"], work)
+        results["checks"] += [gpu_checks.tool_check(tool) for tool in results["tools"]]
+        report = write_outputs(out, results, started)
     if profile.name == "gpu":
         (ROOT / "bench" / "RESULTS_GPU.md").write_text(report)
     print(report)
+    checks = results["checks"]
     failed = [c["name"] for c in checks if c["ok"] is False]
     held, not_run = sum(c["ok"] is True for c in checks), sum(c["ok"] is None for c in checks)
     say(
         f"{held} of {len(checks)} checks hold, {not_run} not run here ({results['seconds']:.0f} s); failed: {failed or 'none'}"
     )
     return 1 if failed else 0
+
+
+def preflight() -> None:
+    """Import what the runs need first: a missing or broken package is one line in seconds, not a failed run."""
+    problems = []
+    for name in REQUIRED_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - any import failure is reported, with its cause
+            problems.append(
+                f"{name}: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+            )
+    if problems:
+        raise SystemExit("gpu_check: cannot import what the runs need:\n  " + "\n  ".join(problems))
+    say("imports: " + ", ".join(f"{name} {version(name) or '-'}" for name in PACKAGES))
+
+
+def write_outputs(out: Path, results: dict, started: float) -> str:
+    """RESULTS_GPU.md, results.json and log.txt as they stand; returns the report."""
+    results["seconds"] = round(time.time() - started, 1)
+    report = format_report(results)
+    (out / "RESULTS_GPU.md").write_text(report)
+    (out / "results.json").write_text(json.dumps(strip_logs(results), indent=1))
+    write_logs(out / "log.txt", results["runs"], results["tools"])
+    return report
 
 
 def say(message: str) -> None:

@@ -7,7 +7,7 @@ import os
 import platform
 import time
 
-PACKAGES = ("torch", "deepspeed", "transformers", "peft", "liger-kernel", "flash-attn", "triton")
+PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "peft", "liger-kernel", "flash-attn", "triton")
 
 
 def environment(profile) -> dict:

@@ -88,3 +88,20 @@ def test_cpu_mode_runs_every_step_and_every_check_holds(tmp_path):
 def results_gpu_mtime() -> int | None:
     path = ROOT / "bench" / "RESULTS_GPU.md"
     return path.stat().st_mtime_ns if path.exists() else None
+
+
+def test_a_package_that_does_not_import_stops_it_at_once_naming_the_package(tmp_path):
+    (tmp_path / "datasets.py").write_text("raise ImportError('pyarrow 21 is too old: datasets needs 24')\n")
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run(
+        ["bash", ROOT / "bench" / "gpu_check.sh", "--cpu", "--out", tmp_path / "out"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-2:] == [
+        "gpu_check: cannot import what the runs need:",
+        "  datasets: ImportError: pyarrow 21 is too old: datasets needs 24",
+    ]
