@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where one training step's memory goes, and what the chunked loss and activation checkpointing save.
+"""Where one training step's memory goes, and what the chunked loss, lean activations and checkpointing save.
 
 Part 1 (in this process): one forward + backward of the model on a packed micro-batch (rows of several
 samples, block-diagonal mask), recording every tensor autograd keeps for the backward pass (a
@@ -7,7 +7,8 @@ samples, block-diagonal mask), recording every tensor autograd keeps for the bac
 softmax, attention scores, per-layer activations by kind, the chunked loss's gradients. Weights, gradients and
 Adam's two moments are counted from the parameters.
 Part 2 (one fresh process each, main.py through DeepSpeed): peak RSS (VmHWM), step time and tokens/s of packed
-runs with ``--lm_loss full`` (transformers' loss: before), the default chunked loss, ``--gradient_checkpointing``,
+runs with ``--lm_loss full`` (transformers' loss: before), the chunked loss with autograd's MLPs and norms, the
+defaults (chunked loss, lean activations), ``--gradient_checkpointing``,
 glibc's ``MALLOC_MMAP_THRESHOLD_`` (freed activation blocks go back to the OS instead of fragmenting the heap),
 and twice the tokens per micro-batch. Prints the tables and writes its section of bench/RESULTS.md.
 
@@ -22,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -34,13 +36,22 @@ from results_file import replace_section
 GB = 1024**3
 MMAP_1MB = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}  # glibc: every block >= 1 MB its own mapping
 RUNS = {  # name: (main.py flags, environment)
-    "transformers' loss (before)": (["--packing", "--lm_loss", "full"], {}),
-    "default: chunked loss": (["--packing"], {}),
+    "transformers' loss (before)": (["--packing", "--lm_loss", "full", "--activation_memory", "full"], {}),
+    "chunked loss, autograd's MLP and norms": (["--packing", "--activation_memory", "full"], {}),
+    "default: chunked loss + lean activations": (["--packing"], {}),
     "default + --gradient_checkpointing": (["--packing", "--gradient_checkpointing"], {}),
     "default + MALLOC_MMAP_THRESHOLD_=1MB": (["--packing"], MMAP_1MB),
     "default + both": (["--packing", "--gradient_checkpointing"], MMAP_1MB),
     "transformers' loss, 2x tokens (micro-batch 8)": (
-        ["--packing", "--lm_loss", "full", "--per_device_train_batch_size", "8"],
+        [
+            "--packing",
+            "--lm_loss",
+            "full",
+            "--activation_memory",
+            "full",
+            "--per_device_train_batch_size",
+            "8",
+        ],
         {},
     ),
     "default + --gradient_checkpointing, 2x tokens": (
@@ -152,12 +163,15 @@ class SavedTensorLedger:
         return "embeddings, final norm, loss inputs"
 
 
-def breakdown(model_dir: str, rows: int, width: int, lm_loss: str, checkpointing: bool) -> dict:
+def breakdown(model_dir: str, rows: int, width: int, lm_loss: str, mlp: str, checkpointing: bool) -> dict:
     from transformers import AutoModelForCausalLM
 
     from dschat.utils.model.chunked_loss import use_chunked_loss
+    from dschat.utils.model.lean_activations import use_lean_activations
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    if mlp == "lean":
+        use_lean_activations(model)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lm_loss == "chunked":
@@ -171,6 +185,7 @@ def breakdown(model_dir: str, rows: int, width: int, lm_loss: str, checkpointing
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
         "lm_loss": lm_loss,
+        "mlp": mlp,
         "checkpointing": checkpointing,
         "attn": model.config._attn_implementation,
         "saved": saved,
@@ -179,10 +194,39 @@ def breakdown(model_dir: str, rows: int, width: int, lm_loss: str, checkpointing
     }
 
 
+def interleaved_step_times(model_dir: str, rows: int, width: int, repeats: int = 5) -> dict[str, list[float]]:
+    """Forward + backward seconds of the packed batch with autograd's activations and with the lean ones, in
+    turn (A B B A ...) in one process on two copies of the model: the machine's drift hits both alike."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from dschat.utils.model.chunked_loss import use_chunked_loss
+    from dschat.utils.model.lean_activations import use_lean_activations
+
+    full = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    lean = copy.deepcopy(full)
+    use_chunked_loss(full)
+    use_chunked_loss(lean)
+    use_lean_activations(lean)
+    batch = packed_batch(full, rows, width)
+    times: dict[str, list[float]] = {"full": [], "lean": []}
+    for repeat in range(repeats + 1):  # the first round warms up
+        order = [("full", full), ("lean", lean)]
+        for name, model in order if repeat % 2 == 0 else order[::-1]:
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            model(**batch, use_cache=False).loss.backward()
+            if repeat:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def format_breakdown(parts: list[dict], rows: int, width: int) -> list[str]:
     kinds = sorted({k for p in parts for k in p["saved"]}, key=lambda k: -parts[0]["saved"].get(k, 0))
     header = " | ".join(
-        f"{p['lm_loss']}{' + checkpointing' if p['checkpointing'] else ''} ({p['attn']})" for p in parts
+        f"{p['lm_loss']} loss, {p['mlp']} activations{' + checkpointing' if p['checkpointing'] else ''} ({p['attn']})"
+        for p in parts
     )
     params = parts[0]["params_bytes"]
     lines = [
@@ -215,10 +259,23 @@ def main() -> None:
 
         args.model = str(default_model_dir())
     parts = [
-        breakdown(args.model, args.batch_size, args.max_seq_len, lm_loss, checkpointing)
-        for lm_loss, checkpointing in (("full", False), ("chunked", False), ("chunked", True))
+        breakdown(args.model, args.batch_size, args.max_seq_len, lm_loss, mlp, checkpointing)
+        for lm_loss, mlp, checkpointing in (
+            ("full", "full", False),
+            ("chunked", "full", False),
+            ("chunked", "lean", False),
+            ("chunked", "lean", True),
+        )
     ]
     lines = format_breakdown(parts, args.batch_size, args.max_seq_len)
+    times = interleaved_step_times(args.model, args.batch_size, args.max_seq_len)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    lines += [
+        "",
+        f"Forward + backward of the same batch, autograd's activations vs lean, interleaved, {len(times['full'])} "
+        f"rounds after a warm-up: median {median['full']:.2f} s vs {median['lean']:.2f} s "
+        f"({median['lean'] / median['full']:.2f}x; all: {fmt_times(times['full'])} vs {fmt_times(times['lean'])}).",
+    ]
     print("\n".join(lines), flush=True)
     results = []
     if not args.skip_runs:
@@ -236,8 +293,12 @@ def main() -> None:
     print(report)
     replace_section(args.output, report)
     Path(args.output).with_name("RESULTS_memory.json").write_text(
-        json.dumps({"breakdown": parts, "runs": results}, indent=1)
+        json.dumps({"breakdown": parts, "step_times": times, "runs": results}, indent=1)
     )
+
+
+def fmt_times(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
 
 
 def format_report(args, breakdown_lines: list[str], results: list[dict]) -> str:

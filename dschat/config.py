@@ -52,6 +52,8 @@ class ModelConfig:
     use_liger_kernel: bool = False
     compute_fp32_loss: bool = False
     lm_loss: str = "chunked"  # "full": transformers' loss over every position's logits
+    # "full": autograd's SiLU-gated MLP; the same maths, so a resume may change it
+    activation_memory: str = free("lean")
     gradient_checkpointing: bool = False
 
     @property

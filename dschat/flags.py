@@ -145,6 +145,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "position's logits (upstream's).",
     )
     add(
+        "--activation_memory",
+        choices=("lean", "full"),
+        default="lean",
+        help="(dschat) lean: SiLU-gated MLPs (Llama, Qwen, Mistral, SmolLM) keep their gate and up outputs for "
+        "backward and recompute the product, RMSNorms keep their input and scale (same maths, about a quarter "
+        "less activation memory); full: autograd's.",
+    )
+    add(
         "--attn_implementation",
         type=str,
         default=None,

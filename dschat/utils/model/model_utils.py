@@ -18,6 +18,7 @@ from transformers.integrations import HfDeepSpeedConfig
 from dschat.config import ModelConfig
 from dschat.errors import DschatError
 from dschat.utils.model.chunked_loss import chunked_loss_unsupported, use_chunked_loss
+from dschat.utils.model.lean_activations import use_lean_activations
 from dschat.utils.model.patches import DROPOUT_KEYS, apply_liger_kernel, causal_lm_model_to_fp32_loss
 from dschat.utils.model.weights import load_pretrained
 
@@ -235,7 +236,8 @@ def create_hf_model(
 
 
 def build_model(model_class: Any, model: ModelConfig, tokenizer: PreTrainedTokenizerBase, ds_config: dict):
-    """main.py's model step: upstream's create_hf_model, then Liger kernels, the chunked loss or the fp32 loss."""
+    """main.py's model step: upstream's create_hf_model, then the lean MLP, Liger kernels, the chunked loss or the
+    fp32 loss."""
     built = create_hf_model(
         model_class,
         model.model_name_or_path,
@@ -245,6 +247,8 @@ def build_model(model_class: Any, model: ModelConfig, tokenizer: PreTrainedToken
         trust_remote_code=model.trust_remote_code,
         attn_implementation=model.attn_implementation,
     )
+    if model.activation_memory == "lean" and not model.use_liger_kernel:  # Liger brings its own SwiGLU kernel
+        use_lean_activations(built)
     if model.use_liger_kernel:
         apply_liger_kernel(built)  # its fused linear cross-entropy is the chunked loss's GPU kernel
     elif model.lm_loss == "chunked":
