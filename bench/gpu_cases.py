@@ -129,7 +129,7 @@ def main_argv(p: Profile, run: Run, model: Path, data: Path, cache: Path, out: P
     ]
 
 
-def run_env(p: Profile, run: Run) -> dict[str, str]:
+def run_env(p: Profile, extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
     """Each run is its own one-process group: a launcher's (or an earlier in-process run's) RANK, MASTER_PORT and
     the like are dropped, so runs side by side never share a port."""
     from dschat.utils.dist import LAUNCHER_VARS
@@ -137,7 +137,7 @@ def run_env(p: Profile, run: Run) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARS}
     env.update(OMP_NUM_THREADS=str(p.threads), TOKENIZERS_PARALLELISM="false")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return {**env, **dict(run.env)}
+    return {**env, **dict(extra)}
 
 
 def build_models(p: Profile, workdir: Path, tokenizer_dir: Path | None) -> dict[str, Path]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -29,8 +28,8 @@ from pathlib import Path
 
 import gpu_cases
 import gpu_checks
-from bench_batching import datasets
-from gpu_report import PACKAGES, environment, format_report, version
+from bench_batching import count_params, datasets
+from gpu_report import PACKAGES, environment, format_losses, format_report, version
 from worker import SCRIPT, read_peaks
 
 ROOT = gpu_cases.ROOT
@@ -177,7 +176,7 @@ def run_one(profile, run, model: Path, data: Path, out: Path, cache: Path) -> di
     try:
         proc = subprocess.run(
             [sys.executable, str(SCRIPT), *argv],
-            env=gpu_cases.run_env(profile, run),
+            env=gpu_cases.run_env(profile, run.env),
             capture_output=True,
             text=True,
             timeout=profile.timeout_s,
@@ -196,7 +195,7 @@ def run_one(profile, run, model: Path, data: Path, out: Path, cache: Path) -> di
     result.update(status="ok", losses=[row["loss"] for row in rows], peaks=read_peaks(proc.stdout))
     if run.measured:
         result.update(throughput(rows[profile.warmup_steps :]))
-    say(f"ok    {run.name}: {result['seconds']:.0f} s, losses {fmt_losses(result['losses'])}")
+    say(f"ok    {run.name}: {result['seconds']:.0f} s, losses {format_losses(result['losses'])}")
     return result
 
 
@@ -237,7 +236,7 @@ def run_tools(profile, functional: list[dict], demo: Path, work: Path) -> list[d
         proc = subprocess.run(
             [sys.executable, *map(str, argv)],
             input=QUESTIONS,
-            env=gpu_cases.run_env(profile, gpu_cases.Run(name, "", "", 0)),
+            env=gpu_cases.run_env(profile),
             capture_output=True,
             text=True,
             timeout=profile.timeout_s,
@@ -258,23 +257,18 @@ def last_error(log: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def fmt_losses(losses: list[float]) -> str:
-    shown = [f"{x:.4f}" if math.isfinite(x) else str(x) for x in losses]
-    return " ".join(shown if len(shown) <= 6 else [*shown[:3], "...", *shown[-2:]])
+def models_shape(models: dict[str, Path]) -> dict[str, dict]:
+    """Model key -> its architecture and parameter count, from each saved config (no weights loaded)."""
+    from transformers import AutoConfig
 
-
-def models_shape(models: dict[str, Path]) -> dict[str, str]:
-    """Model key -> 'arch, N M parameters' from each saved config (meta device: no weights loaded)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    shapes = {}
-    for key, path in models.items():
-        config = AutoConfig.from_pretrained(path)
-        with torch.device("meta"):
-            params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-        shapes[key] = {"arch": config.model_type, "params": params, "dir": path.name}
-    return shapes
+    return {
+        key: {
+            "arch": AutoConfig.from_pretrained(path).model_type,
+            "params": count_params(str(path)),
+            "dir": path.name,
+        }
+        for key, path in models.items()
+    }
 
 
 def write_logs(path: Path, runs: list[dict], tools: list[dict]) -> None:

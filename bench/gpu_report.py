@@ -152,7 +152,10 @@ def gb(run: dict, key: str) -> str:
 
 
 def losses(run: dict) -> str:
-    if run["status"] != "ok":
-        return run.get("reason", "")[:120]
-    shown = [f"{x:.4f}" for x in run["losses"]]
+    return format_losses(run["losses"]) if run["status"] == "ok" else run.get("reason", "")[:120]
+
+
+def format_losses(values: list[float]) -> str:
+    """Per-step losses, the first four and last three of a longer run."""
+    shown = [f"{x:.4f}" for x in values]
     return " ".join(shown if len(shown) <= 8 else [*shown[:4], "...", *shown[-3:]])
